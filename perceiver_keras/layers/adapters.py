@@ -1,0 +1,450 @@
+"""Input adapters: raw arrays to the `[batch, M, C]` tokens the encoder reads.
+
+An adapter optionally transforms its input (convolution, patches, token
+embedding), flattens the index dimensions and attaches positions (Fourier or
+trainable, concatenated or added). The encoder never sees modality details.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from perceiver_keras.layers.position_encoding import FourierPositionEncoding
+from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
+
+POSITION_ENCODINGS = ("fourier", "trainable", None)
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverArrayAdapter(keras.layers.Layer):
+    """`[B, d1..dk, C]` -> `[B, d1*..*dk, C + P]` with positions.
+
+    Args:
+        position_encoding: "fourier", "trainable" or None.
+        num_bands, max_resolution, concat_pos, sine_only: Fourier options
+            (see `FourierPositionEncoding`).
+        position_channels: channels of trainable positions.
+        position_init_scale: init stddev of trainable positions.
+        project_pos_dim: if set, a Dense projects positions to this width.
+        concat_or_add_pos: "concat" or "add" (then position width must equal
+            the input width).
+    """
+
+    def __init__(
+        self,
+        position_encoding="fourier",
+        num_bands=64,
+        max_resolution=None,
+        concat_pos=True,
+        sine_only=False,
+        position_channels=None,
+        position_init_scale=0.02,
+        project_pos_dim=None,
+        concat_or_add_pos="concat",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if position_encoding not in POSITION_ENCODINGS:
+            raise ValueError(
+                f"`position_encoding` must be one of {POSITION_ENCODINGS}. "
+                f"Received: position_encoding={position_encoding!r}."
+            )
+        if concat_or_add_pos not in ("concat", "add"):
+            raise ValueError(
+                "`concat_or_add_pos` must be 'concat' or 'add'. "
+                f"Received: concat_or_add_pos={concat_or_add_pos!r}."
+            )
+        if position_encoding == "trainable" and not position_channels:
+            raise ValueError(
+                "`position_channels` is required for trainable positions."
+            )
+        self.position_encoding = position_encoding
+        self.num_bands = num_bands
+        self.max_resolution = (
+            None if max_resolution is None else tuple(max_resolution)
+        )
+        self.concat_pos = concat_pos
+        self.sine_only = sine_only
+        self.position_channels = position_channels
+        self.position_init_scale = position_init_scale
+        self.project_pos_dim = project_pos_dim
+        self.concat_or_add_pos = concat_or_add_pos
+
+    # Subclasses override these three to transform the input first.
+    def transform_shape(self, input_shape):
+        return tuple(input_shape)
+
+    def build_transform(self, input_shape):
+        return self.transform_shape(input_shape)
+
+    def transform(self, inputs, training=None):
+        return inputs
+
+    @property
+    def supports_padding_mask(self):
+        """Whether tokens map one-to-one to input positions."""
+        return True
+
+    def _position_width(self, rank):
+        if self.position_encoding is None:
+            return 0
+        if self.project_pos_dim:
+            return self.project_pos_dim
+        if self.position_encoding == "trainable":
+            return self.position_channels
+        return self.positions.channels(rank)
+
+    def build(self, input_shape):
+        if len(input_shape) < 3:
+            raise ValueError(
+                "`inputs` must have shape [batch, d1, ..., dk, channels] "
+                f"with k >= 1. Received shape {tuple(input_shape)}."
+            )
+        self.raw_input_shape = tuple(input_shape)
+        shape = tuple(self.build_transform(input_shape))
+        self.token_grid = shape[1:-1]
+        self.positions = None
+        if self.position_encoding == "fourier":
+            self.positions = FourierPositionEncoding(
+                self.num_bands,
+                self.max_resolution,
+                self.concat_pos,
+                self.sine_only,
+                dtype=self.dtype_policy,
+                name="fourier_positions",
+            )
+        elif self.position_encoding == "trainable":
+            if None in self.token_grid:
+                raise ValueError(
+                    "Trainable positions need a static index grid. "
+                    f"Received inputs of shape {tuple(input_shape)}."
+                )
+            self.positions = TrainablePositionEncoding(
+                math.prod(self.token_grid),
+                self.position_channels,
+                self.position_init_scale,
+                dtype=self.dtype_policy,
+                name="trainable_positions",
+            )
+            self.positions.build()
+        self.position_projection = None
+        if self.project_pos_dim:
+            raw_width = (
+                self.position_channels
+                if self.position_encoding == "trainable"
+                else self.positions.channels(len(self.token_grid))
+            )
+            self.position_projection = keras.layers.Dense(
+                self.project_pos_dim,
+                dtype=self.dtype_policy,
+                name="position_projection",
+            )
+            self.position_projection.build((None, None, raw_width))
+        pos_width = self._position_width(len(self.token_grid))
+        if self.concat_or_add_pos == "add" and pos_width not in (0, shape[-1]):
+            raise ValueError(
+                "Added positions must match the input width: positions have "
+                f"{pos_width} channels, inputs {shape[-1]}."
+            )
+        self.built = True
+
+    def call(self, inputs, training=None):
+        x = self.transform(inputs, training=training)
+        grid = tuple(x.shape[1:-1])
+        tokens = ops.reshape(x, (ops.shape(x)[0], -1, x.shape[-1]))
+        if self.positions is None:
+            return tokens
+        pos = self.positions(x)
+        if self.position_encoding == "trainable":
+            if grid != self.token_grid:
+                raise ValueError(
+                    f"Trainable positions were built for a {self.token_grid} "
+                    f"grid; received a {grid} grid."
+                )
+        if self.position_projection is not None:
+            pos = self.position_projection(pos)
+        if self.concat_or_add_pos == "add":
+            return tokens + pos
+        return ops.concatenate([tokens, ops.cast(pos, tokens.dtype)], axis=-1)
+
+    def compute_output_shape(self, input_shape):
+        shape = self.transform_shape(input_shape)
+        dims = shape[1:-1]
+        num = None if None in dims else math.prod(dims)
+        width = shape[-1]
+        if self.concat_or_add_pos == "concat":
+            width += self._position_width(len(dims))
+        return (input_shape[0], num, width)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "position_encoding": self.position_encoding,
+                "num_bands": self.num_bands,
+                "max_resolution": self.max_resolution,
+                "concat_pos": self.concat_pos,
+                "sine_only": self.sine_only,
+                "position_channels": self.position_channels,
+                "position_init_scale": self.position_init_scale,
+                "project_pos_dim": self.project_pos_dim,
+                "concat_or_add_pos": self.concat_or_add_pos,
+            }
+        )
+        return config
+
+
+def space_to_depth(x, spatial_block, temporal_block=1):
+    """`b (h dh) (w dw) c -> b h w (dh dw c)`; video adds `t dt` in front."""
+    shape = x.shape
+    if len(shape) == 4:
+        _, h, w, c = shape
+        s = spatial_block
+        x = ops.reshape(x, (-1, h // s, s, w // s, s, c))
+        x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return ops.reshape(x, (-1, h // s, w // s, s * s * c))
+    _, t, h, w, c = shape
+    s, dt = spatial_block, temporal_block
+    x = ops.reshape(x, (-1, t // dt, dt, h // s, s, w // s, s, c))
+    x = ops.transpose(x, (0, 1, 3, 5, 2, 4, 6, 7))
+    return ops.reshape(x, (-1, t // dt, h // s, w // s, dt * s * s * c))
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverImageAdapter(PerceiverArrayAdapter):
+    """Images `[B, H, W, C]` (or video `[B, T, H, W, C]`) to tokens.
+
+    Args:
+        prep_type: "pixels" (optionally strided), "conv1x1" (Dense-like 1x1
+            convolution to `num_channels`), "conv" (7x7/2 conv without bias,
+            BatchNorm, ReLU, 3x3/2 max pool: 4x downsampling) or "patches"
+            (space-to-depth, optionally followed by a Dense).
+        spatial_downsample, temporal_downsample: strides / block sizes.
+        num_channels: output width of conv1x1, conv, or the post-patch Dense.
+        conv_padding: "same" (TensorFlow SAME, DeepMind) or "symmetric"
+            (pad 3 on every side with an unpadded max pool, transformers).
+        conv_after_patching: apply a Dense after "patches".
+        Remaining arguments: see `PerceiverArrayAdapter`.
+    """
+
+    PREP_TYPES = ("pixels", "conv1x1", "conv", "patches")
+
+    def __init__(
+        self,
+        prep_type="pixels",
+        spatial_downsample=1,
+        temporal_downsample=1,
+        num_channels=None,
+        conv_padding="same",
+        conv_after_patching=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if prep_type not in self.PREP_TYPES:
+            raise ValueError(
+                f"`prep_type` must be one of {self.PREP_TYPES}. "
+                f"Received: prep_type={prep_type!r}."
+            )
+        if prep_type in ("conv1x1", "conv") and not num_channels:
+            raise ValueError(f"`num_channels` is required for {prep_type!r}.")
+        if conv_padding not in ("same", "symmetric"):
+            raise ValueError(
+                "`conv_padding` must be 'same' or 'symmetric'. "
+                f"Received: conv_padding={conv_padding!r}."
+            )
+        self.prep_type = prep_type
+        self.spatial_downsample = spatial_downsample
+        self.temporal_downsample = temporal_downsample
+        self.num_channels = num_channels
+        self.conv_padding = conv_padding
+        self.conv_after_patching = conv_after_patching
+
+        same = conv_padding == "same"
+        self.conv_pad = self.conv = self.batch_norm = self.max_pool = None
+        self.patch_projection = None
+        if prep_type == "conv1x1":
+            self.conv = keras.layers.Conv2D(
+                num_channels, 1, strides=spatial_downsample,
+                dtype=self.dtype_policy, name="conv1x1",
+            )
+        elif prep_type == "conv":
+            if spatial_downsample != 4:
+                raise ValueError(
+                    "prep_type='conv' downsamples by exactly 4. Received: "
+                    f"spatial_downsample={spatial_downsample}."
+                )
+            if not same:
+                self.conv_pad = keras.layers.ZeroPadding2D(
+                    3, dtype=self.dtype_policy
+                )
+            self.conv = keras.layers.Conv2D(
+                num_channels, 7, strides=2, use_bias=False,
+                padding="same" if same else "valid",
+                dtype=self.dtype_policy, name="conv",
+            )
+            self.batch_norm = keras.layers.BatchNormalization(
+                momentum=0.9, epsilon=1e-5, dtype=self.dtype_policy,
+                name="batch_norm",
+            )
+            self.max_pool = keras.layers.MaxPooling2D(
+                3, strides=2, padding="same" if same else "valid",
+                dtype=self.dtype_policy,
+            )
+        elif prep_type == "patches" and conv_after_patching:
+            self.patch_projection = keras.layers.Dense(
+                num_channels, dtype=self.dtype_policy, name="patch_projection"
+            )
+
+    @property
+    def supports_padding_mask(self):
+        return self.prep_type == "pixels" and self.spatial_downsample == 1
+
+    def _conv_stem_shapes(self, shape):
+        """Input shapes of the conv stem's layers, and its output shape."""
+        conv_in = shape
+        if self.conv_pad is not None:
+            conv_in = self.conv_pad.compute_output_shape(shape)
+        conv_out = self.conv.compute_output_shape(conv_in)
+        return conv_in, conv_out, self.max_pool.compute_output_shape(conv_out)
+
+    def transform_shape(self, input_shape):
+        shape = tuple(input_shape)
+        s, t = self.spatial_downsample, self.temporal_downsample
+        video = len(shape) == 5
+        if self.prep_type == "pixels":
+            dims = [None if d is None else -(-d // s) for d in shape[-3:-1]]
+            if video:
+                dims.insert(0, None if shape[1] is None else -(-shape[1] // t))
+            return (shape[0], *dims, shape[-1])
+        if self.prep_type == "conv1x1":
+            return self.conv.compute_output_shape(shape)
+        if self.prep_type == "conv":
+            return self._conv_stem_shapes(shape)[2]
+        dims = [d // s for d in shape[-3:-1]]
+        width = shape[-1] * s * s
+        if video:
+            dims.insert(0, shape[1] // t)
+            width *= t
+            if dims[0] == 1:
+                dims = dims[1:]  # a single time step collapses (optical flow)
+        if self.patch_projection is not None:
+            width = self.num_channels
+        return (shape[0], *dims, width)
+
+    def build_transform(self, input_shape):
+        shape = tuple(input_shape)
+        if self.prep_type == "conv1x1":
+            self.conv.build(shape)
+        elif self.prep_type == "conv":
+            conv_in, conv_out, _ = self._conv_stem_shapes(shape)
+            self.conv.build(conv_in)
+            self.batch_norm.build(conv_out)
+        elif self.patch_projection is not None:
+            block = self.spatial_downsample**2
+            if len(shape) == 5:
+                block *= self.temporal_downsample
+            self.patch_projection.build((None, shape[-1] * block))
+        return self.transform_shape(shape)
+
+    def transform(self, inputs, training=None):
+        s, t = self.spatial_downsample, self.temporal_downsample
+        if self.prep_type == "pixels":
+            if len(inputs.shape) == 5:
+                return inputs[:, ::t, ::s, ::s]
+            return inputs[:, ::s, ::s] if s > 1 else inputs
+        if self.prep_type == "conv1x1":
+            return self.conv(inputs)
+        if self.prep_type == "conv":
+            x = inputs if self.conv_pad is None else self.conv_pad(inputs)
+            x = self.conv(x)
+            x = ops.relu(self.batch_norm(x, training=training))
+            return self.max_pool(x)
+        x = space_to_depth(inputs, s, t)
+        if len(x.shape) == 5 and x.shape[1] == 1:
+            x = x[:, 0]
+        if self.patch_projection is not None:
+            x = self.patch_projection(x)
+        return x
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "prep_type": self.prep_type,
+                "spatial_downsample": self.spatial_downsample,
+                "temporal_downsample": self.temporal_downsample,
+                "num_channels": self.num_channels,
+                "conv_padding": self.conv_padding,
+                "conv_after_patching": self.conv_after_patching,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverTokenAdapter(keras.layers.Layer):
+    """Token ids `[B, L]` -> embeddings plus learned positions `[B, L, C]`.
+
+    The byte-level language model's input: `Embedding(vocabulary_size, C)`
+    with a trainable `[max_sequence_length, C]` position array added.
+    """
+
+    def __init__(
+        self,
+        vocabulary_size,
+        hidden_dim,
+        max_sequence_length,
+        embeddings_initializer=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.vocabulary_size = vocabulary_size
+        self.hidden_dim = hidden_dim
+        self.max_sequence_length = max_sequence_length
+        self.embeddings_initializer = keras.initializers.get(
+            embeddings_initializer or keras.initializers.TruncatedNormal(0.02)
+        )
+
+    supports_padding_mask = True
+
+    def build(self, input_shape):
+        self.token_embedding = keras.layers.Embedding(
+            self.vocabulary_size,
+            self.hidden_dim,
+            embeddings_initializer=self.embeddings_initializer,
+            dtype=self.dtype_policy,
+            name="token_embedding",
+        )
+        self.token_embedding.build(input_shape)
+        self.positions = TrainablePositionEncoding(
+            self.max_sequence_length,
+            self.hidden_dim,
+            dtype=self.dtype_policy,
+            name="position_embedding",
+        )
+        self.positions.build()
+        self.built = True
+
+    def call(self, inputs, training=None):
+        tokens = self.token_embedding(inputs)
+        length = inputs.shape[1]
+        positions = ops.cast(self.positions.embeddings, tokens.dtype)
+        return tokens + positions[None, :length]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], self.hidden_dim)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "vocabulary_size": self.vocabulary_size,
+                "hidden_dim": self.hidden_dim,
+                "max_sequence_length": self.max_sequence_length,
+                "embeddings_initializer": keras.initializers.serialize(
+                    self.embeddings_initializer
+                ),
+            }
+        )
+        return config

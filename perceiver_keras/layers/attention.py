@@ -1,0 +1,200 @@
+"""Multi-head attention as the Perceiver defines it.
+
+Queries and keys/values may have different widths, and the query/key and
+value projections may have different channel counts (Perceiver IO's
+`qk_channels` and `v_channels`). Numerics follow DeepMind's `attend`:
+logits scaled by `1/sqrt(qk_channels / num_heads)`, masked logits replaced by
+a large negative number, and a query row whose keys are all masked yields
+zeros before the output projection instead of a uniform average.
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from perceiver_keras.layers.utils import clone_initializer
+
+
+def attention_mask_from(query_mask, key_mask, num_queries, num_keys):
+    """Combines boolean `[B, Q]` and `[B, K]` masks into `[B, Q, K]`.
+
+    Masks over an index grid (`[B, d1, .., dk]`) are flattened first.
+    Returns None when both masks are None.
+    """
+    if query_mask is None and key_mask is None:
+        return None
+    if query_mask is not None:
+        query_mask = ops.reshape(ops.cast(query_mask, "bool"), (-1, num_queries))
+    if key_mask is not None:
+        key_mask = ops.reshape(ops.cast(key_mask, "bool"), (-1, num_keys))
+    if query_mask is None:
+        return ops.repeat(ops.expand_dims(key_mask, 1), num_queries, axis=1)
+    if key_mask is None:
+        return ops.repeat(ops.expand_dims(query_mask, 2), num_keys, axis=2)
+    return ops.logical_and(
+        ops.expand_dims(query_mask, 2), ops.expand_dims(key_mask, 1)
+    )
+
+
+def attend(q, k, v, mask=None, wipe_fully_masked_rows=True, dropout=None):
+    """Scaled dot-product attention on split heads.
+
+    Args:
+        q: `[B, Q, H, Dqk]`; k: `[B, K, H, Dqk]`; v: `[B, K, H, Dv]`.
+        mask: optional boolean `[B, Q, K]`, True where attention is allowed.
+        wipe_fully_masked_rows: output zeros for query rows with no allowed
+            key (DeepMind) instead of the uniform average softmax gives.
+        dropout: optional callable applied to the attention probabilities.
+
+    Returns:
+        `[B, Q, H * Dv]`.
+    """
+    head_dim = ops.shape(q)[-1]
+    logits = ops.einsum("bqhd,bkhd->bhqk", q, k)
+    logits = logits * ops.cast(1.0 / math.sqrt(head_dim), logits.dtype)
+    # Softmax in float32 so half-precision policies stay stable.
+    logits = ops.cast(logits, "float32")
+    if mask is not None:
+        mask = ops.expand_dims(ops.cast(mask, "bool"), 1)
+        logits = ops.where(mask, logits, ops.cast(-1e30, "float32"))
+    weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+    if dropout is not None:
+        weights = dropout(weights)
+    out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
+    batch, num_queries = ops.shape(q)[0], ops.shape(q)[1]
+    out = ops.reshape(out, (batch, num_queries, -1))
+    if mask is not None and wipe_fully_masked_rows:
+        any_key = ops.any(mask[:, 0], axis=-1, keepdims=True)  # [B, Q, 1]
+        out = ops.where(any_key, out, ops.zeros_like(out))
+    return out
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverAttention(keras.layers.Layer):
+    """Multi-head attention with separate query/key and value channel counts.
+
+    Args:
+        num_heads: number of heads; `qk_channels` and `v_channels` must be
+            divisible by it.
+        qk_channels: width of the query and key projections. Defaults to the
+            key/value input width.
+        v_channels: width of the value projection. Defaults to `qk_channels`.
+        output_channels: width of the output projection. Defaults to the
+            query input width.
+        attention_dropout: dropout rate on the attention probabilities.
+        wipe_fully_masked_rows: see `attend`.
+
+    Call arguments:
+        query: `[B, Q, Cq]`. key_value: `[B, K, Ckv]`.
+        query_mask: optional bool `[B, Q]`. key_mask: optional bool `[B, K]`.
+    """
+
+    def __init__(
+        self,
+        num_heads=1,
+        qk_channels=None,
+        v_channels=None,
+        output_channels=None,
+        attention_dropout=0.0,
+        wipe_fully_masked_rows=True,
+        kernel_initializer="lecun_normal",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.qk_channels = qk_channels
+        self.v_channels = v_channels
+        self.output_channels = output_channels
+        self.attention_dropout = attention_dropout
+        self.wipe_fully_masked_rows = wipe_fully_masked_rows
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.supports_masking = False
+
+    def _dense(self, units, name):
+        return keras.layers.Dense(
+            units,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name=name,
+        )
+
+    def build(self, query_shape, key_value_shape=None):
+        key_value_shape = key_value_shape or query_shape
+        q_dim, kv_dim = query_shape[-1], key_value_shape[-1]
+        self.resolved_qk_channels = self.qk_channels or kv_dim
+        self.resolved_v_channels = self.v_channels or self.resolved_qk_channels
+        self.resolved_output_channels = self.output_channels or q_dim
+        for name, channels in (
+            ("qk_channels", self.resolved_qk_channels),
+            ("v_channels", self.resolved_v_channels),
+        ):
+            if channels % self.num_heads:
+                raise ValueError(
+                    f"`{name}` must be divisible by `num_heads`="
+                    f"{self.num_heads}. Received: {name}={channels}."
+                )
+        self.query_dense = self._dense(self.resolved_qk_channels, "query")
+        self.key_dense = self._dense(self.resolved_qk_channels, "key")
+        self.value_dense = self._dense(self.resolved_v_channels, "value")
+        self.output_dense = self._dense(
+            self.resolved_output_channels, "output"
+        )
+        self.query_dense.build(query_shape)
+        self.key_dense.build(key_value_shape)
+        self.value_dense.build(key_value_shape)
+        self.output_dense.build(
+            tuple(query_shape[:-1]) + (self.resolved_v_channels,)
+        )
+        self.dropout_layer = keras.layers.Dropout(
+            self.attention_dropout, dtype=self.dtype_policy
+        )
+        self.built = True
+
+    def _split_heads(self, x):
+        shape = ops.shape(x)
+        return ops.reshape(
+            x, (shape[0], shape[1], self.num_heads, shape[2] // self.num_heads)
+        )
+
+    def call(
+        self,
+        query,
+        key_value=None,
+        query_mask=None,
+        key_mask=None,
+        training=None,
+    ):
+        key_value = query if key_value is None else key_value
+        q = self._split_heads(self.query_dense(query))
+        k = self._split_heads(self.key_dense(key_value))
+        v = self._split_heads(self.value_dense(key_value))
+        mask = attention_mask_from(
+            query_mask, key_mask, ops.shape(q)[1], ops.shape(k)[1]
+        )
+        dropout = None
+        if self.attention_dropout > 0:
+            dropout = lambda w: self.dropout_layer(w, training=training)
+        out = attend(q, k, v, mask, self.wipe_fully_masked_rows, dropout)
+        return self.output_dense(out)
+
+    def compute_output_shape(self, query_shape, key_value_shape=None):
+        channels = self.output_channels or query_shape[-1]
+        return tuple(query_shape[:-1]) + (channels,)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "qk_channels": self.qk_channels,
+                "v_channels": self.v_channels,
+                "output_channels": self.output_channels,
+                "attention_dropout": self.attention_dropout,
+                "wipe_fully_masked_rows": self.wipe_fully_masked_rows,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config

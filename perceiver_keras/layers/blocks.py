@@ -1,0 +1,222 @@
+"""The two Perceiver transformer blocks: cross-attention and self-attention.
+
+Both are pre-LayerNorm (epsilon 1e-5) with an MLP of one hidden layer:
+    cross: x = [q +] Attn(LN(q), LN(kv));  x = x + MLP(LN(x))
+    self:  x = x + Attn(LN(x));            x = x + MLP(LN(x))
+"""
+
+import keras
+
+from perceiver_keras.layers.attention import PerceiverAttention
+from perceiver_keras.layers.utils import clone_initializer
+from perceiver_keras.layers.utils import gelu
+from perceiver_keras.layers.utils import layer_norm
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverMLP(keras.layers.Layer):
+    """Dense(widening_factor * C) -> GELU -> Dense(C)."""
+
+    def __init__(
+        self,
+        widening_factor=1,
+        gelu_approximate=True,
+        kernel_initializer="lecun_normal",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.widening_factor = widening_factor
+        self.gelu_approximate = gelu_approximate
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        channels = input_shape[-1]
+        self.hidden_dense = keras.layers.Dense(
+            self.widening_factor * channels,
+            activation=gelu(self.gelu_approximate),
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="hidden",
+        )
+        self.output_dense = keras.layers.Dense(
+            channels,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="output",
+        )
+        self.hidden_dense.build(input_shape)
+        self.output_dense.build(
+            tuple(input_shape[:-1]) + (self.widening_factor * channels,)
+        )
+        self.built = True
+
+    def call(self, x):
+        return self.output_dense(self.hidden_dense(x))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "widening_factor": self.widening_factor,
+                "gelu_approximate": self.gelu_approximate,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config
+
+
+class _Block(keras.layers.Layer):
+    """What both blocks share: attention options, MLP, dropout, config."""
+
+    def __init__(
+        self,
+        num_heads=1,
+        qk_channels=None,
+        v_channels=None,
+        widening_factor=1,
+        dropout=0.0,
+        attention_dropout=0.0,
+        gelu_approximate=True,
+        wipe_fully_masked_rows=True,
+        kernel_initializer="lecun_normal",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.num_heads = num_heads
+        self.qk_channels = qk_channels
+        self.v_channels = v_channels
+        self.widening_factor = widening_factor
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.gelu_approximate = gelu_approximate
+        self.wipe_fully_masked_rows = wipe_fully_masked_rows
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def _build_attention_and_mlp(self, query_shape, key_value_shape):
+        self.attention = PerceiverAttention(
+            num_heads=self.num_heads,
+            qk_channels=self.qk_channels,
+            v_channels=self.v_channels,
+            attention_dropout=self.attention_dropout,
+            wipe_fully_masked_rows=self.wipe_fully_masked_rows,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="attention",
+        )
+        self.attention.build(query_shape, key_value_shape)
+        self.mlp_norm = layer_norm("mlp_norm", self.dtype_policy)
+        self.mlp_norm.build(query_shape)
+        self.mlp = PerceiverMLP(
+            widening_factor=self.widening_factor,
+            gelu_approximate=self.gelu_approximate,
+            kernel_initializer=clone_initializer(self.kernel_initializer),
+            dtype=self.dtype_policy,
+            name="mlp",
+        )
+        self.mlp.build(query_shape)
+        self.dropout_layer = keras.layers.Dropout(
+            self.dropout, dtype=self.dtype_policy
+        )
+
+    def _add_mlp(self, x, training):
+        mlp_out = self.mlp(self.mlp_norm(x))
+        return x + self.dropout_layer(mlp_out, training=training)
+
+    def compute_output_shape(self, query_shape, *args, **kwargs):
+        return query_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "num_heads": self.num_heads,
+                "qk_channels": self.qk_channels,
+                "v_channels": self.v_channels,
+                "widening_factor": self.widening_factor,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "gelu_approximate": self.gelu_approximate,
+                "wipe_fully_masked_rows": self.wipe_fully_masked_rows,
+                "kernel_initializer": keras.initializers.serialize(
+                    self.kernel_initializer
+                ),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverCrossAttentionBlock(_Block):
+    """Queries attend to a key/value array; output width = query width.
+
+    Args (beyond the attention options):
+        use_query_residual: add the (un-normalised) query to the attention
+            output. DeepMind's learned-position ImageNet decoder sets False.
+
+    Call arguments:
+        query: `[B, Q, Cq]`; key_value: `[B, K, Ckv]`;
+        query_mask: optional bool `[B, Q]`; key_mask: optional bool `[B, K]`.
+    """
+
+    def __init__(self, use_query_residual=True, **kwargs):
+        super().__init__(**kwargs)
+        self.use_query_residual = use_query_residual
+
+    def build(self, query_shape, key_value_shape):
+        self.query_norm = layer_norm("query_norm", self.dtype_policy)
+        self.query_norm.build(query_shape)
+        self.key_value_norm = layer_norm("key_value_norm", self.dtype_policy)
+        self.key_value_norm.build(key_value_shape)
+        self._build_attention_and_mlp(query_shape, key_value_shape)
+        self.built = True
+
+    def call(
+        self, query, key_value, query_mask=None, key_mask=None, training=None
+    ):
+        attended = self.attention(
+            self.query_norm(query),
+            self.key_value_norm(key_value),
+            query_mask=query_mask,
+            key_mask=key_mask,
+            training=training,
+        )
+        attended = self.dropout_layer(attended, training=training)
+        x = query + attended if self.use_query_residual else attended
+        return self._add_mlp(x, training)
+
+    def get_config(self):
+        config = super().get_config()
+        config["use_query_residual"] = self.use_query_residual
+        return config
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverSelfAttentionBlock(_Block):
+    """Pre-LayerNorm transformer layer on the latent array.
+
+    Call arguments:
+        x: `[B, N, C]`; padding_mask: optional bool `[B, N]`.
+    """
+
+    def build(self, input_shape):
+        self.attention_norm = layer_norm("attention_norm", self.dtype_policy)
+        self.attention_norm.build(input_shape)
+        self._build_attention_and_mlp(input_shape, input_shape)
+        self.built = True
+
+    def call(self, x, padding_mask=None, training=None):
+        normed = self.attention_norm(x)
+        attended = self.attention(
+            normed,
+            normed,
+            query_mask=padding_mask,
+            key_mask=padding_mask,
+            training=training,
+        )
+        x = x + self.dropout_layer(attended, training=training)
+        return self._add_mlp(x, training)

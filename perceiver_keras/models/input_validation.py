@@ -1,0 +1,119 @@
+"""Checks of model inputs at the model boundary, before any backend op runs.
+
+Bad input gets a `ValueError` naming the argument, what was expected and
+what arrived, instead of a backend stack trace or a silent cast.
+"""
+
+import keras
+import numpy as np
+
+
+def _shape_str(shape):
+    return "(" + ", ".join("batch" if i == 0 and d is None else str(d)
+                           for i, d in enumerate(shape)) + ")"
+
+
+def _compatible(shape, expected):
+    """Same rank, and equal wherever both sizes are known."""
+    shape, expected = tuple(shape), tuple(expected)
+    return len(shape) == len(expected) and all(
+        e is None or r is None or e == r for e, r in zip(expected, shape)
+    )
+
+
+def _as_array_like(x, name):
+    if hasattr(x, "shape") and hasattr(x, "dtype"):
+        return x
+    try:
+        return np.asarray(x)
+    except Exception as e:
+        raise ValueError(
+            f"`{name}` must be an array. Received: {type(x).__name__}."
+        ) from e
+
+
+def _dtype_kind(x):
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    if dtype == "bool":
+        return "bool"
+    if "int" in dtype:
+        return "int"
+    if "float" in dtype:
+        return "float"
+    return dtype
+
+
+def validate_backbone_inputs(backbone, inputs):
+    """Returns `inputs` as the backbone's input dict, or raises ValueError."""
+    expected_keys = list(backbone.input.keys())
+    if not isinstance(inputs, dict):
+        inputs = {"inputs": inputs}
+    no_mask = "padding_mask" not in expected_keys
+    if no_mask and inputs.get("padding_mask") is not None:
+        raise ValueError(
+            "`padding_mask` is not supported by this model's input adapter "
+            "(its tokens do not map one-to-one to input positions). "
+            "Received a padding_mask."
+        )
+    if no_mask:
+        inputs = {k: v for k, v in inputs.items() if k != "padding_mask"}
+    unknown = sorted(set(inputs) - set(expected_keys))
+    if unknown or "inputs" not in inputs:
+        raise ValueError(
+            f"Expected a dict with keys {expected_keys} (only `inputs` is "
+            f"required) or a single array. Received keys {sorted(inputs)}."
+        )
+    inputs = dict(inputs)
+    x = inputs["inputs"] = _as_array_like(inputs["inputs"], "inputs")
+    expected = (None,) + tuple(backbone.inputs_shape)
+    shape = tuple(x.shape)
+    if not _compatible(shape, expected):
+        raise ValueError(
+            f"`inputs` must have shape {_shape_str(expected)}. "
+            f"Received: inputs.shape={shape}."
+        )
+    if any(d == 0 for d in shape):
+        raise ValueError(
+            f"`inputs` is empty: received inputs.shape={shape}; expected "
+            f"{_shape_str(expected)} with no zero-sized axis."
+        )
+    wants = keras.backend.standardize_dtype(backbone.input["inputs"].dtype)
+    wants_kind = "int" if "int" in wants else "float"
+    if _dtype_kind(x) != wants_kind:
+        raise ValueError(
+            f"`inputs` must hold {wants_kind} data ({wants}). Received "
+            f"dtype {keras.backend.standardize_dtype(x.dtype)}."
+        )
+    if "padding_mask" in expected_keys:
+        mask = inputs.get("padding_mask")
+        if mask is not None:
+            mask = inputs["padding_mask"] = _as_array_like(
+                mask, "padding_mask"
+            )
+            mask_rank = len(backbone.input["padding_mask"].shape)
+            want = shape[:mask_rank]
+            if not _compatible(mask.shape, want) or _dtype_kind(mask) == "float":
+                raise ValueError(
+                    f"`padding_mask` must be a bool or int array of shape "
+                    f"{want} (the input's batch and position axes). "
+                    f"Received: shape {tuple(mask.shape)}, dtype "
+                    f"{keras.backend.standardize_dtype(mask.dtype)}."
+                )
+        inputs["padding_mask"] = mask
+    return inputs
+
+
+class ValidatedInputsMixin:
+    """Validates inputs on both entry points of a functional model.
+
+    `__call__` runs Keras' own structure checks first, and JAX's
+    fit/predict go straight to `call`, so both validate. Subclasses define
+    `validate_inputs(inputs) -> inputs`.
+    """
+
+    def __call__(self, inputs, *args, **kwargs):
+        return super().__call__(self.validate_inputs(inputs), *args, **kwargs)
+
+    def call(self, inputs, training=None, mask=None):
+        inputs = self.validate_inputs(inputs)
+        return super().call(inputs, training=training, mask=mask)

@@ -1,0 +1,227 @@
+"""The Perceiver encoder as a keras-hub `Backbone`."""
+
+import keras
+from keras_hub.models import Backbone
+
+from perceiver_keras.layers.adapters import PerceiverArrayAdapter
+from perceiver_keras.layers.adapters import PerceiverTokenAdapter
+from perceiver_keras.layers.blocks import PerceiverCrossAttentionBlock
+from perceiver_keras.layers.blocks import PerceiverSelfAttentionBlock
+from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
+from perceiver_keras.models.input_validation import ValidatedInputsMixin
+from perceiver_keras.models.input_validation import validate_backbone_inputs
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverBackbone(ValidatedInputsMixin, Backbone):
+    """Latents cross-attend to the input, then a shared self-attention stack.
+
+    The input goes through `input_adapter` (positions, convolution, patches
+    or token embedding) to `[B, M, C]` tokens. A learned latent array
+    `[num_latents, latent_dim]` cross-attends to them (cost linear in M),
+    then `num_blocks` repetitions of `num_self_attends_per_block`
+    self-attention layers run on the latents. The layers of one block are
+    reused by every repetition, so the parameter count does not depend on
+    `num_blocks`. With `num_cross_attends > 1` the latents re-read the input
+    before each of the first `num_cross_attends` blocks, as in the original
+    Perceiver; re-reads after the first share one layer when
+    `share_cross_attend_weights`.
+
+    Args:
+        inputs_shape: shape of one example, without the batch axis, e.g.
+            `(None, 3)` for point sets, `(224, 224, 3)` for images, `(2048,)`
+            for token ids. `None` marks sizes that may vary between calls
+            (only where the positions allow it).
+        input_adapter: a `PerceiverArrayAdapter`, `PerceiverImageAdapter` or
+            `PerceiverTokenAdapter` (or its config); None means the input is
+            already `[batch, M, C]` tokens.
+        num_latents, latent_dim: size of the latent array.
+        num_blocks, num_self_attends_per_block: depth of the latent stack.
+        num_cross_attend_heads, num_self_attend_heads: attention heads.
+        cross_attend_widening_factor, self_attend_widening_factor: MLP width
+            multipliers.
+        cross_attention_qk_channels, cross_attention_v_channels: channel
+            counts of the encoder cross-attention (default: input width).
+        self_attention_qk_channels, self_attention_v_channels: channel
+            counts of self-attention (default: `latent_dim`).
+        use_query_residual: residual around the encoder cross-attention.
+        num_cross_attends, share_cross_attend_weights: iterative re-reads.
+        dropout, attention_dropout: dropout rates.
+        gelu_approximate: tanh GELU (DeepMind) or exact erf (transformers).
+        latent_init_scale: init stddev of the latent array.
+
+    Call arguments: a dict `{"inputs": x, "padding_mask": m}` or just `x`;
+    `padding_mask` (bool, over the input positions) is optional. Returns the
+    latents `[B, num_latents, latent_dim]`.
+    """
+
+    def __init__(
+        self,
+        inputs_shape,
+        input_adapter=None,
+        num_latents=256,
+        latent_dim=512,
+        num_blocks=1,
+        num_self_attends_per_block=6,
+        num_cross_attend_heads=1,
+        num_self_attend_heads=8,
+        cross_attend_widening_factor=1,
+        self_attend_widening_factor=1,
+        cross_attention_qk_channels=None,
+        cross_attention_v_channels=None,
+        self_attention_qk_channels=None,
+        self_attention_v_channels=None,
+        use_query_residual=True,
+        num_cross_attends=1,
+        share_cross_attend_weights=True,
+        dropout=0.0,
+        attention_dropout=0.0,
+        gelu_approximate=True,
+        latent_init_scale=0.02,
+        dtype=None,
+        **kwargs,
+    ):
+        if not 1 <= num_cross_attends <= num_blocks:
+            raise ValueError(
+                "`num_cross_attends` must be between 1 and `num_blocks`="
+                f"{num_blocks}. Received: num_cross_attends={num_cross_attends}."
+            )
+        inputs_shape = tuple(inputs_shape)
+        # === Layers ===
+        if isinstance(input_adapter, dict):
+            input_adapter = keras.layers.deserialize(input_adapter)
+        if input_adapter is None:
+            input_adapter = PerceiverArrayAdapter(
+                position_encoding=None, dtype=dtype, name="input_adapter"
+            )
+        is_tokens = isinstance(input_adapter, PerceiverTokenAdapter)
+        self.input_adapter = input_adapter
+        self.latents = TrainablePositionEncoding(
+            num_latents,
+            latent_dim,
+            latent_init_scale,
+            dtype=dtype,
+            name="latents",
+        )
+        block_options = dict(
+            dropout=dropout,
+            attention_dropout=attention_dropout,
+            gelu_approximate=gelu_approximate,
+            dtype=dtype,
+        )
+        num_cross_layers = 1 if num_cross_attends == 1 else (
+            2 if share_cross_attend_weights else num_cross_attends
+        )
+        self.cross_attends = [
+            PerceiverCrossAttentionBlock(
+                num_heads=num_cross_attend_heads,
+                qk_channels=cross_attention_qk_channels,
+                v_channels=cross_attention_v_channels,
+                widening_factor=cross_attend_widening_factor,
+                use_query_residual=use_query_residual,
+                name=f"cross_attend_{i}",
+                **block_options,
+            )
+            for i in range(num_cross_layers)
+        ]
+        self.self_attends = [
+            PerceiverSelfAttentionBlock(
+                num_heads=num_self_attend_heads,
+                qk_channels=self_attention_qk_channels,
+                v_channels=self_attention_v_channels,
+                widening_factor=self_attend_widening_factor,
+                name=f"self_attend_{i}",
+                **block_options,
+            )
+            for i in range(num_self_attends_per_block)
+        ]
+
+        # === Functional model ===
+        inputs = keras.Input(
+            shape=inputs_shape,
+            dtype="int32" if is_tokens else None,
+            name="inputs",
+        )
+        model_inputs = {"inputs": inputs}
+        padding_mask = None
+        if input_adapter.supports_padding_mask:
+            mask_shape = inputs_shape if is_tokens else inputs_shape[:-1]
+            padding_mask = keras.Input(
+                shape=mask_shape, dtype="bool", name="padding_mask",
+                optional=True,
+            )
+            model_inputs["padding_mask"] = padding_mask
+        tokens = input_adapter(inputs)
+        x = self.latents(tokens)
+        for block in range(num_blocks):
+            if block < num_cross_attends:
+                cross_attend = self.cross_attends[
+                    min(block, len(self.cross_attends) - 1)
+                ]
+                x = cross_attend(x, tokens, key_mask=padding_mask)
+            for self_attend in self.self_attends:
+                x = self_attend(x)
+        super().__init__(inputs=model_inputs, outputs=x, dtype=dtype, **kwargs)
+
+        # === Config ===
+        self.inputs_shape = inputs_shape
+        self.num_latents = num_latents
+        self.latent_dim = latent_dim
+        self.num_blocks = num_blocks
+        self.num_self_attends_per_block = num_self_attends_per_block
+        self.num_cross_attend_heads = num_cross_attend_heads
+        self.num_self_attend_heads = num_self_attend_heads
+        self.cross_attend_widening_factor = cross_attend_widening_factor
+        self.self_attend_widening_factor = self_attend_widening_factor
+        self.cross_attention_qk_channels = cross_attention_qk_channels
+        self.cross_attention_v_channels = cross_attention_v_channels
+        self.self_attention_qk_channels = self_attention_qk_channels
+        self.self_attention_v_channels = self_attention_v_channels
+        self.use_query_residual = use_query_residual
+        self.num_cross_attends = num_cross_attends
+        self.share_cross_attend_weights = share_cross_attend_weights
+        self.dropout = dropout
+        self.attention_dropout = attention_dropout
+        self.gelu_approximate = gelu_approximate
+        self.latent_init_scale = latent_init_scale
+
+    @property
+    def token_width(self):
+        """Width C of the `[B, M, C]` tokens the latents attend to."""
+        return self.input_adapter.compute_output_shape(
+            (None,) + self.inputs_shape
+        )[-1]
+
+    def validate_inputs(self, inputs):
+        return validate_backbone_inputs(self, inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "inputs_shape": self.inputs_shape,
+                "input_adapter": keras.layers.serialize(self.input_adapter),
+                "num_latents": self.num_latents,
+                "latent_dim": self.latent_dim,
+                "num_blocks": self.num_blocks,
+                "num_self_attends_per_block": self.num_self_attends_per_block,
+                "num_cross_attend_heads": self.num_cross_attend_heads,
+                "num_self_attend_heads": self.num_self_attend_heads,
+                "cross_attend_widening_factor": (
+                    self.cross_attend_widening_factor
+                ),
+                "self_attend_widening_factor": self.self_attend_widening_factor,
+                "cross_attention_qk_channels": self.cross_attention_qk_channels,
+                "cross_attention_v_channels": self.cross_attention_v_channels,
+                "self_attention_qk_channels": self.self_attention_qk_channels,
+                "self_attention_v_channels": self.self_attention_v_channels,
+                "use_query_residual": self.use_query_residual,
+                "num_cross_attends": self.num_cross_attends,
+                "share_cross_attend_weights": self.share_cross_attend_weights,
+                "dropout": self.dropout,
+                "attention_dropout": self.attention_dropout,
+                "gelu_approximate": self.gelu_approximate,
+                "latent_init_scale": self.latent_init_scale,
+            }
+        )
+        return config
