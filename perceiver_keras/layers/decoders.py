@@ -216,10 +216,11 @@ class PerceiverClassificationDecoder(PerceiverQueryDecoder):
         )
         self.num_classes = num_classes
 
-    def call(self, latents, training=None):
-        return super().call(latents, training=training)[:, 0]
+    def call(self, latents, queries=None, query_mask=None, training=None):
+        logits = super().call(latents, queries, query_mask, training=training)
+        return logits[:, 0]
 
-    def compute_output_shape(self, latents_shape):
+    def compute_output_shape(self, latents_shape, queries_shape=None):
         return (latents_shape[0], self.num_classes)
 
     def get_config(self):

@@ -1,0 +1,151 @@
+"""What every Perceiver task shares: input checks and data handling.
+
+keras-hub's `Task.fit` turns NumPy arrays into an unshuffled pipeline and
+does not accept `keras.utils.PyDataset`. Here NumPy arrays are shuffled each
+epoch (`shuffle=True`, as in `keras.Model.fit`) and a `PyDataset` works; a
+preprocessor, when set, runs on each batch. `tf.data` datasets keep going
+through keras-hub's pipeline, which maps the preprocessor over them.
+"""
+
+import keras
+import numpy as np
+from keras_hub.models import Task
+
+from perceiver_keras.models.input_validation import ValidatedInputsMixin
+from perceiver_keras.models.input_validation import validate_backbone_inputs
+
+
+def _is_array_data(x):
+    """NumPy arrays or eager tensors, possibly nested in a dict or tuple."""
+    leaves = keras.tree.flatten(x)
+    return bool(leaves) and all(hasattr(leaf, "__array__") for leaf in leaves)
+
+
+def _to_numpy(structure):
+    return keras.tree.map_structure(
+        lambda t: None if t is None else keras.ops.convert_to_numpy(t),
+        structure,
+    )
+
+
+class _ArrayBatches(keras.utils.PyDataset):
+    """Batches of NumPy `(x, y, sample_weight)`, reshuffled every epoch."""
+
+    def __init__(self, data, batch_size, shuffle, preprocess):
+        super().__init__()
+        self.data = _to_numpy(data)
+        self.size = len(keras.tree.flatten(self.data)[0])
+        self.batch_size = batch_size or 32
+        self.shuffle = shuffle
+        self.preprocess = preprocess
+        self.order = np.arange(self.size)
+        self.on_epoch_end()
+
+    def __len__(self):
+        return -(-self.size // self.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        batch = keras.tree.map_structure(
+            lambda a: None if a is None else a[rows], self.data
+        )
+        if isinstance(batch, tuple):
+            batch = tuple(part for part in batch if part is not None)
+        return self.preprocess(batch)
+
+    def on_epoch_end(self):
+        if self.shuffle:
+            np.random.shuffle(self.order)
+
+
+class _PreprocessedBatches(keras.utils.PyDataset):
+    """A user's `PyDataset` with the task's preprocessor applied per batch."""
+
+    def __init__(self, dataset, preprocess):
+        super().__init__()
+        self.dataset = dataset
+        self.preprocess = preprocess
+
+    def __len__(self):
+        return len(self.dataset)
+
+    @property
+    def num_batches(self):
+        return self.dataset.num_batches
+
+    def __getitem__(self, index):
+        return self.preprocess(self.dataset[index])
+
+    def on_epoch_end(self):
+        self.dataset.on_epoch_end()
+
+
+class PerceiverTask(ValidatedInputsMixin, Task):
+    """Base of the Perceiver tasks (not used directly)."""
+
+    def validate_inputs(self, inputs):
+        return validate_backbone_inputs(self.backbone, inputs)
+
+    def _preprocess_batch(self, batch):
+        if self.preprocessor is None:
+            return batch
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        return _to_numpy(self.preprocess_samples(x, y, sample_weight))
+
+    def _as_batches(self, x, y, sample_weight, batch_size, shuffle):
+        """A `PyDataset` for NumPy data or a user's PyDataset, else None."""
+        if isinstance(x, keras.utils.PyDataset):
+            if self.preprocessor is None:
+                return x
+            return _PreprocessedBatches(x, self._preprocess_batch)
+        if _is_array_data(x):
+            data = (x, y, sample_weight)
+            return _ArrayBatches(
+                data, batch_size, shuffle, self._preprocess_batch
+            )
+        return None
+
+    def fit(
+        self,
+        x=None,
+        y=None,
+        batch_size=None,
+        sample_weight=None,
+        validation_data=None,
+        shuffle=True,
+        **kwargs,
+    ):
+        batches = self._as_batches(x, y, sample_weight, batch_size, shuffle)
+        if batches is None:
+            return super().fit(
+                x, y, batch_size=batch_size, sample_weight=sample_weight,
+                validation_data=validation_data, **kwargs,
+            )
+        if validation_data is not None and not isinstance(
+            validation_data, keras.utils.PyDataset
+        ):
+            vx, vy, vsw = keras.utils.unpack_x_y_sample_weight(validation_data)
+            validation_data = self._as_batches(vx, vy, vsw, batch_size, False)
+        elif validation_data is not None:
+            validation_data = self._as_batches(
+                validation_data, None, None, None, False
+            )
+        return keras.Model.fit(
+            self, batches, validation_data=validation_data, **kwargs
+        )
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None,
+                 **kwargs):
+        batches = self._as_batches(x, y, sample_weight, batch_size, False)
+        if batches is None:
+            return super().evaluate(
+                x, y, batch_size=batch_size, sample_weight=sample_weight,
+                **kwargs,
+            )
+        return keras.Model.evaluate(self, batches, **kwargs)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        batches = self._as_batches(x, None, None, batch_size, False)
+        if batches is None:
+            return super().predict(x, batch_size=batch_size, **kwargs)
+        return keras.Model.predict(self, batches, **kwargs)
