@@ -12,6 +12,7 @@ from keras import ops
 
 from perceiver_keras.layers.position_encoding import FourierPositionEncoding
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
+from perceiver_keras.layers.position_encoding import fourier_channels
 
 POSITION_ENCODINGS = ("fourier", "trainable", None)
 
@@ -93,7 +94,9 @@ class PerceiverArrayAdapter(keras.layers.Layer):
             return self.project_pos_dim
         if self.position_encoding == "trainable":
             return self.position_channels
-        return self.positions.channels(rank)
+        return fourier_channels(
+            rank, self.num_bands, self.concat_pos, self.sine_only
+        )
 
     def build(self, input_shape):
         if len(input_shape) < 3:
@@ -133,7 +136,10 @@ class PerceiverArrayAdapter(keras.layers.Layer):
             raw_width = (
                 self.position_channels
                 if self.position_encoding == "trainable"
-                else self.positions.channels(len(self.token_grid))
+                else fourier_channels(
+                    len(self.token_grid), self.num_bands, self.concat_pos,
+                    self.sine_only,
+                )
             )
             self.position_projection = keras.layers.Dense(
                 self.project_pos_dim,

@@ -115,11 +115,6 @@ class FourierPositionEncoding(keras.layers.Layer):
 
     def features_for(self, index_dims):
         """`[prod(index_dims), channels]` NumPy features (cached)."""
-        if any(n is None for n in index_dims):
-            raise ValueError(
-                "Fourier position encodings need a static index grid. "
-                f"Received index dims {tuple(index_dims)}."
-            )
         return fourier_features(
             tuple(index_dims),
             self.num_bands,
@@ -129,12 +124,45 @@ class FourierPositionEncoding(keras.layers.Layer):
         )
 
     def call(self, inputs):
-        features = self.features_for(tuple(inputs.shape[1:-1]))
-        features = ops.convert_to_tensor(features, dtype=self.compute_dtype)
-        batch = ops.shape(inputs)[0]
+        dims = tuple(inputs.shape[1:-1])
+        if None in dims:
+            # A graph traced for varying sizes: compute in-graph instead.
+            features = self._features_in_graph(ops.shape(inputs)[1:-1])
+        else:
+            features = ops.convert_to_tensor(self.features_for(dims))
+        features = ops.cast(features, self.compute_dtype)
+        shape = ops.shape(features)
         return ops.broadcast_to(
-            features[None], (batch,) + tuple(features.shape)
+            features[None], (ops.shape(inputs)[0], shape[0], shape[1])
         )
+
+    def _features_in_graph(self, index_dims):
+        """The same features from dynamic sizes, in float32 graph ops."""
+        if self.max_resolution is None:
+            raise ValueError(
+                "Inputs of varying size need a fixed `max_resolution` for "
+                "their Fourier features."
+            )
+        axes = []
+        for n in index_dims:
+            steps = ops.cast(ops.arange(n), "float32")
+            span = ops.cast(ops.maximum(n - 1, 1), "float32")
+            axes.append(-1.0 + 2.0 * steps / span)
+        grids = ops.meshgrid(*axes, indexing="ij")
+        positions = ops.stack([ops.reshape(g, (-1,)) for g in grids], -1)
+        bands = np.stack(
+            [np.linspace(1.0, r / 2.0, self.num_bands)
+             for r in self.max_resolution]
+        ).astype("float32")
+        scaled = ops.reshape(
+            positions[:, :, None] * bands[None], (-1, bands.size)
+        )
+        features = [ops.sin(np.pi * scaled)]
+        if not self.sine_only:
+            features.append(ops.cos(np.pi * scaled))
+        if self.concat_pos:
+            features.insert(0, positions)
+        return ops.concatenate(features, axis=-1)
 
     def compute_output_shape(self, input_shape):
         dims = input_shape[1:-1]
