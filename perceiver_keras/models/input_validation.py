@@ -103,12 +103,20 @@ def validate_backbone_inputs(backbone, inputs):
     return inputs
 
 
+def is_array_data(x):
+    """NumPy arrays or eager tensors, possibly nested in a dict or tuple."""
+    leaves = keras.tree.flatten(x)
+    return bool(leaves) and all(hasattr(leaf, "__array__") for leaf in leaves)
+
+
 class ValidatedInputsMixin:
-    """Validates inputs on both entry points of a functional model.
+    """Validates inputs on every entry point of a functional model.
 
     `__call__` runs Keras' own structure checks first, and JAX's
-    fit/predict go straight to `call`, so both validate. Subclasses define
-    `validate_inputs(inputs) -> inputs`.
+    fit/predict go straight to `call`, so both validate. Array data given
+    to fit/evaluate/predict is checked before Keras starts: an error raised
+    inside a JAX step would leave the model's variables purged. Subclasses
+    define `validate_inputs(inputs) -> inputs`.
     """
 
     def __call__(self, inputs, *args, **kwargs):
@@ -117,3 +125,19 @@ class ValidatedInputsMixin:
     def call(self, inputs, training=None, mask=None):
         inputs = self.validate_inputs(inputs)
         return super().call(inputs, training=training, mask=mask)
+
+    def validate_data(self, x):
+        if is_array_data(x):
+            self.validate_inputs(x)
+
+    def fit(self, x=None, *args, **kwargs):
+        self.validate_data(x)
+        return super().fit(x, *args, **kwargs)
+
+    def evaluate(self, x=None, *args, **kwargs):
+        self.validate_data(x)
+        return super().evaluate(x, *args, **kwargs)
+
+    def predict(self, x, *args, **kwargs):
+        self.validate_data(x)
+        return super().predict(x, *args, **kwargs)
