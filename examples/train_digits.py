@@ -25,7 +25,7 @@ def ascii_digit(image):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--preset-dir", default="demo_preset")
     args = parser.parse_args()
     keras.utils.set_random_seed(0)

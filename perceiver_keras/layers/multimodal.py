@@ -8,6 +8,7 @@ queries are built the same way from per-modality queries (Fourier features
 of each output grid, or learned), so one cross-attention decodes them all.
 """
 
+import functools
 import math
 
 import keras
@@ -86,6 +87,26 @@ class PerceiverLabelAdapter(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return (input_shape[0], 1, input_shape[-1])
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverTokenInput(PerceiverArrayAdapter):
+    """Input adapter of a backbone that encodes tokens made before it.
+
+    Passes `[B, M, C]` tokens through unchanged (no positions). Unlike
+    `PerceiverArrayAdapter(position_encoding=None)` it offers no padding
+    mask, so the backbone's only input is `inputs` and another model can
+    call it on a symbolic tensor (Keras cannot pass None for an optional
+    input symbolically).
+    """
+
+    def __init__(self, **kwargs):
+        kwargs["position_encoding"] = None
+        super().__init__(**kwargs)
+
+    @property
+    def supports_padding_mask(self):
+        return False
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -181,7 +202,8 @@ class PerceiverMultimodalAdapter(keras.layers.Layer):
     def build(self, inputs_shape):
         token_shapes = self._token_shapes(inputs_shape)
         for name, adapter in self.modalities.items():
-            adapter.build(tuple(inputs_shape[name]))
+            if not adapter.built:  # a deserialized adapter comes built
+                adapter.build(tuple(inputs_shape[name]))
         channels = self.num_channels(inputs_shape)
         self.paddings = {
             name: TrainablePositionEncoding(
@@ -254,6 +276,31 @@ class PerceiverMultimodalAdapter(keras.layers.Layer):
 
 
 QUERY_TYPES = ("fourier", "trainable")
+POINT_POSITIONS = ("subsampled", "grid")
+
+
+def _point_features(point_positions, indices, index_dims, *fourier_options):
+    """Fourier features `[P, F]` (float32) of chosen points of a grid."""
+    if point_positions == "grid":
+        positions = linear_positions(index_dims)[indices]
+    else:
+        positions = subsampled_positions(indices, index_dims)
+    features = fourier_features_from_positions(positions, *fourier_options)
+    return features.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=8)
+def _all_point_features(point_positions, index_dims, *fourier_options):
+    """`_point_features` of every grid point, computed once per grid."""
+    if point_positions == "grid":
+        features = fourier_features(index_dims, *fourier_options)
+    else:
+        indices = np.arange(math.prod(index_dims))
+        features = _point_features(
+            point_positions, indices, index_dims, *fourier_options
+        )
+    features.setflags(write=False)
+    return features
 
 
 def _normalize_query_spec(name, spec):
@@ -297,11 +344,15 @@ class PerceiverMultimodalQueries(keras.layers.Layer):
     channels with a learned vector per modality (`{name}_padding`) and
     concatenated in sorted name order (DeepMind's `MultimodalDecoder`).
 
-    A subset of a Fourier modality's grid points can be queried (a chunk of
-    the output). Their positions follow DeepMind's formula for subsampled
-    points, `-1 + 2 * index / dim`, which differs from the full grid's
-    `linspace(-1, 1, dim)`; `grid_positions=True` uses the full grid's
-    positions instead, so chunks reproduce the full decode exactly.
+    Any subset of a Fourier modality's grid points can be queried (a chunk
+    of the output); a point's query does not depend on which others are
+    queried with it, so decoding chunk by chunk gives the full decode.
+
+    Point positions: DeepMind's decoder places queried points at
+    `-1 + 2 * index / dim` ("subsampled", what its video colab always uses,
+    for chunks and whole clips alike), but a decoder queried without
+    choosing points uses `linspace(-1, 1, dim)` ("grid"). The released video
+    model was run the first way.
 
     Args:
         modalities: dict name -> query spec, either
@@ -310,22 +361,34 @@ class PerceiverMultimodalQueries(keras.layers.Layer):
             "sine_only": False}` or `{"position_encoding": "trainable",
             "index_dims": (1,), "num_channels": 1024, "init_scale": 0.02}`.
         min_padding_size: padding channels of the widest modality.
+        point_positions: "subsampled" or "grid", see above.
 
     Call arguments:
         reference: any tensor whose first axis is the batch.
         points: optional dict name -> flat (row-major) indices of the grid
             points to query, for Fourier modalities; a modality left out is
             queried at every grid point.
-        grid_positions: see above.
     """
 
-    def __init__(self, modalities, min_padding_size=2, **kwargs):
+    def __init__(
+        self,
+        modalities,
+        min_padding_size=2,
+        point_positions="subsampled",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(modalities, dict) or not modalities:
             raise ValueError(
                 "`modalities` must be a non-empty dict of name -> query spec."
                 f" Received: modalities={modalities!r}."
             )
+        if point_positions not in POINT_POSITIONS:
+            raise ValueError(
+                f"`point_positions` must be one of {POINT_POSITIONS}. "
+                f"Received: point_positions={point_positions!r}."
+            )
+        self.point_positions = point_positions
         self.modalities = {
             name: _normalize_query_spec(name, spec)
             for name, spec in sorted(modalities.items())
@@ -398,19 +461,20 @@ class PerceiverMultimodalQueries(keras.layers.Layer):
             if spec["position_encoding"] == "fourier"
         ]
 
-    def fourier_queries(self, name, indices=None, grid_positions=False):
-        """NumPy float32 `[P, width]` Fourier queries of one modality."""
+    def fourier_queries(self, name, indices=None):
+        """NumPy float32 `[P, width]` Fourier queries of one modality.
+
+        `indices` None queries every grid point (cached).
+        """
         spec = self.modalities[name]
         options = (spec["num_bands"], spec["max_resolution"],
                    spec["concat_pos"], spec["sine_only"])
         if indices is None:
-            return fourier_features(spec["index_dims"], *options)
-        if grid_positions:
-            positions = linear_positions(spec["index_dims"])[indices]
-        else:
-            positions = subsampled_positions(indices, spec["index_dims"])
-        return fourier_features_from_positions(positions, *options).astype(
-            np.float32
+            return _all_point_features(
+                self.point_positions, spec["index_dims"], *options
+            )
+        return _point_features(
+            self.point_positions, indices, spec["index_dims"], *options
         )
 
     def build(self, reference_shape=None):
@@ -418,7 +482,7 @@ class PerceiverMultimodalQueries(keras.layers.Layer):
             layer.build()
         self.built = True
 
-    def call(self, reference, points=None, grid_positions=False):
+    def call(self, reference, points=None):
         points = self._check_points(points)
         batch = ops.shape(reference)[0]
         parts = []
@@ -427,8 +491,7 @@ class PerceiverMultimodalQueries(keras.layers.Layer):
                 queries = self.learned_queries[name](reference)
             else:
                 features = ops.convert_to_tensor(
-                    self.fourier_queries(name, points.get(name),
-                                         grid_positions),
+                    self.fourier_queries(name, points.get(name)),
                     dtype=self.compute_dtype,
                 )
                 queries = ops.broadcast_to(
@@ -441,10 +504,12 @@ class PerceiverMultimodalQueries(keras.layers.Layer):
             parts.append(ops.concatenate([queries, padding], axis=-1))
         return ops.concatenate(parts, axis=1)
 
-    def compute_output_shape(self, reference_shape, points=None,
-                             grid_positions=False):
+    def compute_output_spec(self, reference, points=None):
+        # Defined so that symbolic calls never compute the Fourier features.
         total = sum(self.num_queries(points).values())
-        return (reference_shape[0], total, self.num_channels)
+        return keras.KerasTensor(
+            (reference.shape[0], total, self.num_channels), self.compute_dtype
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -454,6 +519,7 @@ class PerceiverMultimodalQueries(keras.layers.Layer):
                     name: dict(spec) for name, spec in self.modalities.items()
                 },
                 "min_padding_size": self.min_padding_size,
+                "point_positions": self.point_positions,
             }
         )
         return config

@@ -11,14 +11,21 @@ import keras
 import numpy as np
 from keras_hub.models import Task
 
+from perceiver_keras.models import perceiver_presets
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
+from perceiver_keras.models.input_validation import is_array_data
 from perceiver_keras.models.input_validation import validate_backbone_inputs
 
 
-def _is_array_data(x):
-    """NumPy arrays or eager tensors, possibly nested in a dict or tuple."""
-    leaves = keras.tree.flatten(x)
-    return bool(leaves) and all(hasattr(leaf, "__array__") for leaf in leaves)
+def _lists_to_arrays(x):
+    """A flat list of strings or numbers (texts, labels) as a NumPy array.
+
+    Lets `fit(["some text", ...], [0, ...])` take the shuffled NumPy path.
+    """
+    scalars = (str, bytes, int, float, bool, np.generic)
+    if isinstance(x, list) and x and all(isinstance(v, scalars) for v in x):
+        return np.asarray(x)
+    return x
 
 
 def _to_numpy(structure):
@@ -86,6 +93,25 @@ class PerceiverTask(ValidatedInputsMixin, Task):
     def validate_inputs(self, inputs):
         return validate_backbone_inputs(self.backbone, inputs)
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's `from_preset`, plus DeepMind's six built-in names.
+
+        See `perceiver_keras.models.perceiver_presets` for how a built-in
+        name resolves (local converted copy, offline build, or a ValueError
+        that says how to convert the checkpoint).
+        """
+
+        def load(path):  # keras-hub's path, on the class the preset records
+            task_cls = perceiver_presets.saved_task_class(cls, path)
+            return super(PerceiverTask, task_cls).from_preset(
+                path, load_weights=load_weights, **kwargs
+            )
+
+        return perceiver_presets.from_preset(
+            cls, preset, load_weights, kwargs, load
+        )
+
     def _preprocess_batch(self, batch):
         if self.preprocessor is None:
             return batch
@@ -98,7 +124,10 @@ class PerceiverTask(ValidatedInputsMixin, Task):
             if self.preprocessor is None:
                 return x
             return _PreprocessedBatches(x, self._preprocess_batch)
-        if _is_array_data(x):
+        x, y, sample_weight = map(_lists_to_arrays, (x, y, sample_weight))
+        if is_array_data(x):
+            if self.preprocessor is None:
+                self.validate_data(x)
             data = (x, y, sample_weight)
             return _ArrayBatches(
                 data, batch_size, shuffle, self._preprocess_batch

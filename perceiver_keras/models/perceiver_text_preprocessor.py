@@ -7,6 +7,7 @@ from keras_hub.src.utils.preset_utils import CONFIG_FILE
 from keras_hub.src.utils.preset_utils import PREPROCESSOR_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import check_file_exists
 
+from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_tokenizer import PerceiverTokenizer
 from perceiver_keras.models.perceiver_tokenizer import load_without_backbone
 
@@ -29,7 +30,7 @@ class PerceiverTextPreprocessor(Preprocessor):
             (truncation keeps `[SEP]` last).
     """
 
-    # Lead: set `backbone_cls = PerceiverBackbone` (perceiver_backbone.py).
+    backbone_cls = PerceiverBackbone
     tokenizer_cls = PerceiverTokenizer
 
     def __init__(

@@ -14,6 +14,8 @@ from keras_hub.src.utils.tensor_utils import restore_outer_shape
 from keras_hub.src.utils.tensor_utils import tf
 from keras_hub.tokenizers import Tokenizer
 
+from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
+
 # Ids 0..5, in the order used by DeepMind and `transformers`.
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]")
 NUM_SPECIAL_TOKENS = len(SPECIAL_TOKENS)
@@ -55,7 +57,7 @@ class PerceiverTokenizer(Tokenizer):
         dtype: integer output dtype. Defaults to `"int32"`.
     """
 
-    # Lead: set `backbone_cls = PerceiverBackbone` (perceiver_backbone.py).
+    backbone_cls = PerceiverBackbone
 
     def __init__(self, sequence_length=None, dtype="int32", **kwargs):
         super().__init__(dtype=dtype, **kwargs)
