@@ -6,7 +6,28 @@ from perceiver_keras.models.perceiver_classifier import PerceiverClassifier
 from perceiver_keras.models.perceiver_configs import count_params
 from perceiver_keras.models.perceiver_configs import recommended_config
 from perceiver_keras.models.perceiver_configs import token_shape
+from perceiver_keras.models.perceiver_image_classifier import (
+    PerceiverImageClassifier,
+)
+from perceiver_keras.models.perceiver_image_classifier_preprocessor import (
+    PerceiverImageClassifierPreprocessor,
+)
+from perceiver_keras.models.perceiver_image_converter import (
+    PerceiverImageConverter,
+)
 from perceiver_keras.models.perceiver_io import PerceiverIO
+from perceiver_keras.models.perceiver_masked_lm import PerceiverMaskedLM
+from perceiver_keras.models.perceiver_masked_lm_preprocessor import (
+    PerceiverMaskedLMPreprocessor,
+)
+from perceiver_keras.models.perceiver_multimodal_autoencoder import (
+    PerceiverMultimodalAutoencoder,
+)
+from perceiver_keras.models.perceiver_optical_flow import PerceiverOpticalFlow
+from perceiver_keras.models.perceiver_task import PerceiverTask
+from perceiver_keras.models.perceiver_text_classifier import (
+    PerceiverTextClassifier,
+)
 from perceiver_keras.models.perceiver_text_preprocessor import (
     PerceiverTextPreprocessor,
 )

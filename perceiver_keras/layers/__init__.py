@@ -13,3 +13,9 @@ from perceiver_keras.layers.decoders import PerceiverQueryDecoder
 from perceiver_keras.layers.position_encoding import FourierPositionEncoding
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
 from perceiver_keras.layers.position_encoding import fourier_features
+from perceiver_keras.layers.flow import PerceiverFlowAdapter
+from perceiver_keras.layers.multimodal import PerceiverAudioAdapter
+from perceiver_keras.layers.multimodal import PerceiverLabelAdapter
+from perceiver_keras.layers.multimodal import PerceiverMultimodalAdapter
+from perceiver_keras.layers.multimodal import PerceiverMultimodalQueries
+from perceiver_keras.layers.multimodal import PerceiverTokenInput

@@ -13,7 +13,7 @@ def _shape_str(shape):
                            for i, d in enumerate(shape)) + ")"
 
 
-def _compatible(shape, expected):
+def shapes_compatible(shape, expected):
     """Same rank, and equal wherever both sizes are known."""
     shape, expected = tuple(shape), tuple(expected)
     return len(shape) == len(expected) and all(
@@ -21,7 +21,7 @@ def _compatible(shape, expected):
     )
 
 
-def _as_array_like(x, name):
+def as_array_like(x, name):
     if hasattr(x, "shape") and hasattr(x, "dtype"):
         return x
     try:
@@ -32,7 +32,7 @@ def _as_array_like(x, name):
         ) from e
 
 
-def _dtype_kind(x):
+def dtype_kind(x):
     dtype = keras.backend.standardize_dtype(x.dtype)
     if dtype == "bool":
         return "bool"
@@ -64,10 +64,10 @@ def validate_backbone_inputs(backbone, inputs):
             f"required) or a single array. Received keys {sorted(inputs)}."
         )
     inputs = dict(inputs)
-    x = inputs["inputs"] = _as_array_like(inputs["inputs"], "inputs")
+    x = inputs["inputs"] = as_array_like(inputs["inputs"], "inputs")
     expected = (None,) + tuple(backbone.inputs_shape)
     shape = tuple(x.shape)
-    if not _compatible(shape, expected):
+    if not shapes_compatible(shape, expected):
         raise ValueError(
             f"`inputs` must have shape {_shape_str(expected)}. "
             f"Received: inputs.shape={shape}."
@@ -79,7 +79,7 @@ def validate_backbone_inputs(backbone, inputs):
         )
     wants = keras.backend.standardize_dtype(backbone.input["inputs"].dtype)
     wants_kind = "int" if "int" in wants else "float"
-    if _dtype_kind(x) != wants_kind:
+    if dtype_kind(x) != wants_kind:
         raise ValueError(
             f"`inputs` must hold {wants_kind} data ({wants}). Received "
             f"dtype {keras.backend.standardize_dtype(x.dtype)}."
@@ -87,12 +87,12 @@ def validate_backbone_inputs(backbone, inputs):
     if "padding_mask" in expected_keys:
         mask = inputs.get("padding_mask")
         if mask is not None:
-            mask = inputs["padding_mask"] = _as_array_like(
+            mask = inputs["padding_mask"] = as_array_like(
                 mask, "padding_mask"
             )
             mask_rank = len(backbone.input["padding_mask"].shape)
             want = shape[:mask_rank]
-            if not _compatible(mask.shape, want) or _dtype_kind(mask) == "float":
+            if not shapes_compatible(mask.shape, want) or dtype_kind(mask) == "float":
                 raise ValueError(
                     f"`padding_mask` must be a bool or int array of shape "
                     f"{want} (the input's batch and position axes). "
@@ -141,3 +141,15 @@ class ValidatedInputsMixin:
     def predict(self, x, *args, **kwargs):
         self.validate_data(x)
         return super().predict(x, *args, **kwargs)
+
+    def train_on_batch(self, x, *args, **kwargs):
+        self.validate_data(x)
+        return super().train_on_batch(x, *args, **kwargs)
+
+    def test_on_batch(self, x, *args, **kwargs):
+        self.validate_data(x)
+        return super().test_on_batch(x, *args, **kwargs)
+
+    def predict_on_batch(self, x, *args, **kwargs):
+        self.validate_data(x)
+        return super().predict_on_batch(x, *args, **kwargs)

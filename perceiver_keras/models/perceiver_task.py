@@ -93,6 +93,11 @@ class PerceiverTask(ValidatedInputsMixin, Task):
     def validate_inputs(self, inputs):
         return validate_backbone_inputs(self.backbone, inputs)
 
+    def validate_data(self, x):
+        # With a preprocessor, raw data is not yet model input.
+        if self.preprocessor is None:
+            super().validate_data(x)
+
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """keras-hub's `from_preset`, plus DeepMind's six built-in names.
@@ -126,8 +131,7 @@ class PerceiverTask(ValidatedInputsMixin, Task):
             return _PreprocessedBatches(x, self._preprocess_batch)
         x, y, sample_weight = map(_lists_to_arrays, (x, y, sample_weight))
         if is_array_data(x):
-            if self.preprocessor is None:
-                self.validate_data(x)
+            self.validate_data(x)
             data = (x, y, sample_weight)
             return _ArrayBatches(
                 data, batch_size, shuffle, self._preprocess_batch

@@ -1,0 +1,205 @@
+"""Converts DeepMind's Perceiver IO checkpoints (Haiku pickles) to presets.
+
+A model kind is a module with three functions, so the registry is a table:
+
+    build_task(deepmind_config) -> Task    (random weights)
+    weight_rows(task, deepmind_config)
+        -> [(checkpoint_name, variable, transform)]
+    run_inputs(task, inputs) -> {output_key: array}
+
+`deepmind_config` holds the keyword arguments given to DeepMind's modules,
+under the same keys as in DeepMind's colabs (the `deepmind_config` of a
+fixture's `config.json`, or of a built-in preset in `presets/`). Unknown keys
+are refused, so a configuration either converts exactly or fails loudly.
+
+This module also holds what every kind shares: reading DeepMind's
+`PerceiverEncoder` arguments and naming its parameters.
+"""
+
+import importlib
+import json
+import os
+
+from perceiver_keras.conversion.common import assign_weights
+from perceiver_keras.conversion.common import cross_attention_rows
+from perceiver_keras.conversion.common import save_preset_atomically
+from perceiver_keras.conversion.common import self_attention_rows
+from perceiver_keras.utils.deepmind_checkpoint import load_deepmind_checkpoint
+
+KINDS = {
+    "image_learned": "perceiver_keras.conversion.deepmind_image",
+    "image_fourier": "perceiver_keras.conversion.deepmind_image",
+    "image_conv": "perceiver_keras.conversion.deepmind_image",
+    "mlm": "perceiver_keras.conversion.deepmind_mlm",
+    "optical_flow": "perceiver_keras.conversion.deepmind_flow",
+    "multimodal": "perceiver_keras.conversion.deepmind_multimodal",
+}
+
+# Haiku's ExponentialMovingAverage keeps, beside the debiased `average` the
+# model reads, a biased accumulator and a step counter that only training
+# uses. They are the one kind of checkpoint entry no model weight stands for.
+EMA_BOOKKEEPING = ("hidden", "counter")
+
+
+def kind_module(kind):
+    """The module that builds, maps and runs one model kind."""
+    if kind not in KINDS:
+        raise ValueError(
+            f"`kind` must be one of {sorted(KINDS)}. Received: kind={kind!r}."
+        )
+    return importlib.import_module(KINDS[kind])
+
+
+def read_config(config):
+    """`(kind, deepmind_config)` from a dict or a JSON file in fixture format.
+
+    The format is that of the fixtures' `config.json` and of the built-in
+    presets: `{"kind": ..., "deepmind_config": {...}}` (other keys, such as
+    metadata, are ignored).
+    """
+    if isinstance(config, (str, os.PathLike)):
+        with open(config, encoding="utf-8") as f:
+            config = json.load(f)
+    if not isinstance(config, dict) or not isinstance(
+        config.get("deepmind_config"), dict
+    ):
+        raise ValueError(
+            "`config` must be a dict (or JSON file) with keys 'kind' and "
+            f"'deepmind_config' (a dict). Received: {config!r:.200}"
+        )
+    kind = config.get("kind")
+    kind_module(kind)  # validates the kind
+    return kind, config["deepmind_config"]
+
+
+def checkpoint_tensors(params, state):
+    """Parameters and state in one namespace, without EMA bookkeeping.
+
+    BatchNorm statistics are read from `.../mean_ema/average` and
+    `.../var_ema/average`; their `hidden` and `counter` siblings are dropped.
+    """
+    tensors = dict(params)
+    for name, value in state.items():
+        scope, _, leaf = name.rpartition("/")
+        if leaf in EMA_BOOKKEEPING and f"{scope}/average" in state:
+            continue
+        tensors[name] = value
+    return tensors
+
+
+def convert_deepmind(checkpoint_path, config, output_dir):
+    """Converts one checkpoint into a preset directory; returns the task.
+
+    Args:
+        checkpoint_path: DeepMind's `.pickle` / `.pystate` file. It is read
+            with an allow-list unpickler: nothing in it is executed.
+        config: `{"kind", "deepmind_config"}` dict or JSON file path.
+        output_dir: preset directory, written all at once (an error leaves
+            nothing there).
+
+    Raises:
+        ValueError: the checkpoint and the configured model disagree; the
+            message lists missing, unused and mismatched tensors.
+    """
+    kind, deepmind_config = read_config(config)
+    module = kind_module(kind)
+    # Read (and vet) the file before spending time on building the model.
+    params, state = load_deepmind_checkpoint(checkpoint_path)
+    task = module.build_task(deepmind_config)
+    rows = module.weight_rows(task, deepmind_config)
+    assign_weights(task, rows, checkpoint_tensors(params, state))
+    save_preset_atomically(task, output_dir)
+    return task
+
+
+# --- shared by every kind: DeepMind's PerceiverEncoder ----------------------
+
+
+def check_keys(options, allowed, where):
+    """Refuses DeepMind arguments this converter does not reproduce."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"Unsupported {where} arguments {unknown}. Supported: "
+            f"{sorted(allowed)}."
+        )
+
+
+def require(options, key, supported, where):
+    """Checks an argument that only some values of are reproduced."""
+    value = options.get(key, supported[0])
+    if value not in supported:
+        raise ValueError(
+            f"`{where}.{key}` must be one of {list(supported)} to convert. "
+            f"Received: {key}={value!r}."
+        )
+    return value
+
+
+ENCODER_KEYS = (
+    "num_self_attends_per_block", "num_blocks", "z_index_dim",
+    "num_z_channels", "qk_channels", "v_channels", "num_cross_attend_heads",
+    "num_self_attend_heads", "cross_attend_widening_factor",
+    "self_attend_widening_factor", "dropout_prob", "z_pos_enc_init_scale",
+    "cross_attention_shape_for_attn", "use_query_residual", "name",
+)
+
+
+def encoder_scope(encoder_config):
+    """Haiku scope of the encoder: `perceiver_encoder`, or `encoder` (video)."""
+    return encoder_config.get("name", "perceiver_encoder")
+
+
+def backbone_options(encoder_config):
+    """`PerceiverBackbone` arguments for DeepMind's `PerceiverEncoder(**cfg)`.
+
+    Defaults are DeepMind's. DeepMind passes `qk_channels`/`v_channels` to
+    the cross-attention and to every self-attention alike. Its GELU is the
+    tanh approximation.
+    """
+    check_keys(encoder_config, ENCODER_KEYS, "encoder")
+    cfg = encoder_config
+    latent_dim = cfg.get("num_z_channels", 1024)
+    qk, v = cfg.get("qk_channels"), cfg.get("v_channels")
+    shape_for_attn = require(
+        cfg, "cross_attention_shape_for_attn", ("kv", "q"), "encoder"
+    )
+    cross_qk = qk
+    if qk is None and shape_for_attn == "q":
+        cross_qk = latent_dim
+    return dict(
+        num_latents=cfg.get("z_index_dim", 512),
+        latent_dim=latent_dim,
+        num_blocks=cfg.get("num_blocks", 8),
+        num_self_attends_per_block=cfg.get("num_self_attends_per_block", 6),
+        num_cross_attend_heads=cfg.get("num_cross_attend_heads", 1),
+        num_self_attend_heads=cfg.get("num_self_attend_heads", 8),
+        cross_attend_widening_factor=cfg.get("cross_attend_widening_factor", 1),
+        self_attend_widening_factor=cfg.get("self_attend_widening_factor", 1),
+        cross_attention_qk_channels=cross_qk,
+        cross_attention_v_channels=v,
+        self_attention_qk_channels=qk,
+        self_attention_v_channels=v,
+        use_query_residual=cfg.get("use_query_residual", True),
+        dropout=cfg.get("dropout_prob", 0.0),
+        latent_init_scale=cfg.get("z_pos_enc_init_scale", 0.02),
+        gelu_approximate=True,
+    )
+
+
+def encoder_rows(backbone, encoder_config):
+    """Rows for the latents, the cross-attention and the self-attentions.
+
+    Haiku names repeated modules `self_attention`, `self_attention_1`, ...
+    """
+    scope = f"{encoder_scope(encoder_config)}/~"
+    rows = [
+        (f"{scope}/trainable_position_encoding/pos_embs",
+         backbone.latents.embeddings, None),
+        *cross_attention_rows(f"{scope}/cross_attention",
+                              backbone.cross_attends[0]),
+    ]
+    for i, block in enumerate(backbone.self_attends):
+        suffix = f"_{i}" if i else ""
+        rows += self_attention_rows(f"{scope}/self_attention{suffix}", block)
+    return rows
