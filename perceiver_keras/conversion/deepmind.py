@@ -22,6 +22,7 @@ import os
 
 from perceiver_keras.conversion.common import assign_weights
 from perceiver_keras.conversion.common import cross_attention_rows
+from perceiver_keras.conversion.common import dense_rows
 from perceiver_keras.conversion.common import save_preset_atomically
 from perceiver_keras.conversion.common import self_attention_rows
 from perceiver_keras.utils.deepmind_checkpoint import load_deepmind_checkpoint
@@ -143,6 +144,38 @@ ENCODER_KEYS = (
     "self_attend_widening_factor", "dropout_prob", "z_pos_enc_init_scale",
     "cross_attention_shape_for_attn", "use_query_residual", "name",
 )
+
+
+def adapter_rows(scope, adapter):
+    """Rows of an input adapter in Haiku's naming (`ImagePreprocessor` and
+    the multimodal per-modality preprocessors share it)."""
+    flat = lambda a: a.reshape(-1)  # BatchNorm arrays are (1, 1, 1, C)
+    prep_type = getattr(adapter, "prep_type", None)
+    rows = []
+    if prep_type == "conv1x1":
+        rows += dense_rows(f"{scope}/~/conv2_d", adapter.conv)
+    elif prep_type == "conv":
+        stem = f"{scope}/~/conv2_d_downsample/~"
+        norm = adapter.batch_norm
+        rows += dense_rows(f"{stem}/conv", adapter.conv)
+        rows += [
+            (f"{stem}/batchnorm/scale", norm.gamma, flat),
+            (f"{stem}/batchnorm/offset", norm.beta, flat),
+            (f"{stem}/batchnorm/~/mean_ema/average", norm.moving_mean, flat),
+            (f"{stem}/batchnorm/~/var_ema/average", norm.moving_variance,
+             flat),
+        ]
+    elif getattr(adapter, "patch_projection", None) is not None:
+        rows += dense_rows(f"{scope}/patches_linear", adapter.patch_projection)
+    # Positions are built inside `_build_network_inputs`.
+    positions = f"{scope}/~_build_network_inputs"
+    if adapter.position_encoding == "trainable":
+        rows.append((f"{positions}/trainable_position_encoding/pos_embs",
+                     adapter.positions.embeddings, None))
+    if adapter.position_projection is not None:
+        rows += dense_rows(f"{positions}/position_encoding_projector/linear",
+                           adapter.position_projection)
+    return rows
 
 
 def encoder_scope(encoder_config):

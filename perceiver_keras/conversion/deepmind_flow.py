@@ -10,6 +10,7 @@ whose input adapter is a `PerceiverFlowAdapter`.
 
 from perceiver_keras.conversion.common import cross_attention_rows
 from perceiver_keras.conversion.common import dense_rows
+from perceiver_keras.conversion.deepmind import adapter_rows
 from perceiver_keras.conversion.deepmind import backbone_options
 from perceiver_keras.conversion.deepmind import check_keys
 from perceiver_keras.conversion.deepmind import encoder_rows
@@ -129,27 +130,6 @@ def build_task(deepmind_config):
     )
 
 
-def image_adapter_rows(scope, adapter):
-    """Rows for the weights a patch-mode `PerceiverImageAdapter` may have."""
-    rows = []
-    if adapter.patch_projection is not None:
-        rows += dense_rows(f"{scope}/patches_linear", adapter.patch_projection)
-    # Positions are built inside `ImagePreprocessor._build_network_inputs`.
-    positions_scope = f"{scope}/~_build_network_inputs"
-    if adapter.position_encoding == "trainable":
-        rows.append((
-            f"{positions_scope}/trainable_position_encoding/pos_embs",
-            adapter.positions.embeddings,
-            None,
-        ))
-    if adapter.position_projection is not None:
-        rows += dense_rows(
-            f"{positions_scope}/position_encoding_projector/linear",
-            adapter.position_projection,
-        )
-    return rows
-
-
 def weight_rows(task, deepmind_config):
     """The conversion table, in DeepMind's parameter names."""
     backbone = task.backbone
@@ -159,7 +139,7 @@ def weight_rows(task, deepmind_config):
     decoder_scope = deepmind_config["decoder"].get("name", "flow_decoder")
     basic_decoder = f"{decoder_scope}/~/basic_decoder"
     return [
-        *image_adapter_rows(preprocessor_scope, backbone.input_adapter),
+        *adapter_rows(preprocessor_scope, backbone.input_adapter),
         *encoder_rows(backbone, deepmind_config["encoder"]),
         *cross_attention_rows(f"{basic_decoder}/cross_attention",
                               task.decoder.cross_attention),

@@ -23,6 +23,7 @@ import numpy as np
 
 from perceiver_keras.conversion.common import cross_attention_rows
 from perceiver_keras.conversion.common import dense_rows
+from perceiver_keras.conversion.deepmind import adapter_rows
 from perceiver_keras.conversion.deepmind import backbone_options
 from perceiver_keras.conversion.deepmind import check_keys
 from perceiver_keras.conversion.deepmind import encoder_rows
@@ -100,35 +101,6 @@ def image_adapter(preprocessor_config, name="input_adapter"):
     )
 
 
-def image_adapter_rows(adapter, scope=PREPROCESSOR_SCOPE):
-    """Rows for an adapter made by `image_adapter`, in Haiku's naming."""
-    flat = lambda a: a.reshape(-1)  # BatchNorm arrays are (1, 1, 1, C)
-    rows = []
-    if adapter.prep_type == "conv1x1":
-        rows += dense_rows(f"{scope}/~/conv2_d", adapter.conv)
-    elif adapter.prep_type == "conv":
-        stem = f"{scope}/~/conv2_d_downsample/~"
-        norm = adapter.batch_norm
-        rows += dense_rows(f"{stem}/conv", adapter.conv)
-        rows += [
-            (f"{stem}/batchnorm/scale", norm.gamma, flat),
-            (f"{stem}/batchnorm/offset", norm.beta, flat),
-            (f"{stem}/batchnorm/~/mean_ema/average", norm.moving_mean, flat),
-            (f"{stem}/batchnorm/~/var_ema/average", norm.moving_variance,
-             flat),
-        ]
-    elif adapter.patch_projection is not None:
-        rows += dense_rows(f"{scope}/patches_linear", adapter.patch_projection)
-    positions = f"{scope}/~_build_network_inputs"
-    if adapter.position_encoding == "trainable":
-        rows.append((f"{positions}/trainable_position_encoding/pos_embs",
-                     adapter.positions.embeddings, None))
-    if adapter.position_projection is not None:
-        rows += dense_rows(f"{positions}/position_encoding_projector/linear",
-                           adapter.position_projection)
-    return rows
-
-
 def classifier_options(decoder_config):
     """`PerceiverClassifier` arguments for a `ClassificationDecoder(**cfg)`."""
     cfg = decoder_config
@@ -176,7 +148,7 @@ def build_task(deepmind_config):
 def weight_rows(task, deepmind_config):
     backbone, decoder = task.backbone, task.decoder
     return [
-        *image_adapter_rows(backbone.input_adapter),
+        *adapter_rows(PREPROCESSOR_SCOPE, backbone.input_adapter),
         *encoder_rows(backbone, deepmind_config.get("encoder", {})),
         (f"{DECODER_SCOPE}/~/trainable_position_encoding/pos_embs",
          decoder.trainable_queries.embeddings, None),

@@ -13,6 +13,7 @@ from keras import ops
 
 from perceiver_keras.conversion.common import cross_attention_rows
 from perceiver_keras.conversion.common import dense_rows
+from perceiver_keras.conversion.deepmind import adapter_rows
 from perceiver_keras.conversion.deepmind import backbone_options
 from perceiver_keras.conversion.deepmind import check_keys
 from perceiver_keras.conversion.deepmind import encoder_rows
@@ -20,7 +21,6 @@ from perceiver_keras.conversion.deepmind import require
 from perceiver_keras.conversion.deepmind_flow import TRAINABLE_KEYS
 from perceiver_keras.conversion.deepmind_flow import fourier_options
 from perceiver_keras.conversion.deepmind_flow import image_adapter_options
-from perceiver_keras.conversion.deepmind_flow import image_adapter_rows
 from perceiver_keras.layers.adapters import PerceiverImageAdapter
 from perceiver_keras.layers.multimodal import PerceiverAudioAdapter
 from perceiver_keras.layers.multimodal import PerceiverLabelAdapter
@@ -231,23 +231,6 @@ def build_task(deepmind_config):
     )
 
 
-def _audio_adapter_rows(scope, adapter):
-    positions_scope = f"{scope}/~_build_network_inputs"
-    rows = []
-    if adapter.position_encoding == "trainable":
-        rows.append((
-            f"{positions_scope}/trainable_position_encoding/pos_embs",
-            adapter.positions.embeddings,
-            None,
-        ))
-    if adapter.position_projection is not None:
-        rows += dense_rows(
-            f"{positions_scope}/position_encoding_projector/linear",
-            adapter.position_projection,
-        )
-    return rows
-
-
 def weight_rows(task, deepmind_config):
     """The conversion table, in DeepMind's parameter names.
 
@@ -267,8 +250,8 @@ def weight_rows(task, deepmind_config):
         for name in ("audio", "image")
     )
     rows = [
-        *_audio_adapter_rows(audio_scope, adapter.modalities["audio"]),
-        *image_adapter_rows(image_scope, adapter.modalities["image"]),
+        *adapter_rows(audio_scope, adapter.modalities["audio"]),
+        *adapter_rows(image_scope, adapter.modalities["image"]),
     ]
     for name in MODALITY_NAMES:
         rows.append((f"{preprocessor}/{name}_padding/pos_embs",
