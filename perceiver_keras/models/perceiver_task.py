@@ -150,9 +150,10 @@ class PerceiverTask(ValidatedInputsMixin, Task):
     ):
         batches = self._as_batches(x, y, sample_weight, batch_size, shuffle)
         if batches is None:
+            # A dataset is shuffled by its own pipeline, not by Keras.
             return super().fit(
                 x, y, batch_size=batch_size, sample_weight=sample_weight,
-                validation_data=validation_data, **kwargs,
+                validation_data=validation_data, shuffle=False, **kwargs,
             )
         if validation_data is not None and not isinstance(
             validation_data, keras.utils.PyDataset
