@@ -68,6 +68,8 @@ class PerceiverMaskedLM(PerceiverTask):
         decoder_output_channels: optional Dense after the cross-attention
             (DeepMind's `final_project`; None for the released model). Must
             equal the embedding width when set.
+        decoder_query_mask: mask the decoder queries with `padding_mask`
+            (DeepMind). transformers does not: False reproduces it.
         preprocessor: a `PerceiverMaskedLMPreprocessor` for `fit`.
 
     Example:
@@ -91,6 +93,7 @@ class PerceiverMaskedLM(PerceiverTask):
         decoder_query_channels=None,
         decoder_use_query_residual=False,
         decoder_output_channels=None,
+        decoder_query_mask=True,
         preprocessor=None,
         **kwargs,
     ):
@@ -123,9 +126,8 @@ class PerceiverMaskedLM(PerceiverTask):
 
         # === Functional model ===
         inputs = backbone.input
-        hidden = self.decoder(
-            backbone(inputs), query_mask=inputs.get("padding_mask")
-        )
+        query_mask = inputs.get("padding_mask") if decoder_query_mask else None
+        hidden = self.decoder(backbone(inputs), query_mask=query_mask)
         outputs = self.logits(hidden)
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
@@ -136,6 +138,7 @@ class PerceiverMaskedLM(PerceiverTask):
         self.decoder_query_channels = decoder_query_channels
         self.decoder_use_query_residual = decoder_use_query_residual
         self.decoder_output_channels = decoder_output_channels
+        self.decoder_query_mask = decoder_query_mask
 
     @property
     def sequence_length(self):
@@ -230,6 +233,7 @@ class PerceiverMaskedLM(PerceiverTask):
                 "decoder_query_channels": self.decoder_query_channels,
                 "decoder_use_query_residual": self.decoder_use_query_residual,
                 "decoder_output_channels": self.decoder_output_channels,
+                "decoder_query_mask": self.decoder_query_mask,
             }
         )
         return config

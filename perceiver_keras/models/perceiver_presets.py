@@ -20,7 +20,9 @@ these names are not registered there):
 3. otherwise a `ValueError` gives the download URL and the
    `conversion/convert_deepmind.py` command that creates the local copy.
 
-Any other preset string follows keras-hub's usual path.
+A transformers checkpoint (`hf://deepmind/...`, or a `save_pretrained`
+directory) is converted on the fly by `perceiver_keras.conversion.hf`. Any
+other preset string follows keras-hub's usual path.
 """
 
 import functools
@@ -134,8 +136,12 @@ def from_preset(cls, preset, load_weights, kwargs, load_preset):
     `load_preset` is keras-hub's `from_preset` bound to `cls`, the
     `load_weights` and `kwargs`.
     """
+    from perceiver_keras.conversion import hf
+
+    if hf.is_transformers_source(preset):
+        return hf.load_transformers_preset(cls, preset, load_weights, **kwargs)
     if not is_builtin(preset):
-        return load_preset(preset)
+        return hf.with_transformers_config(load_preset(preset), preset)
     local = local_preset_dir(preset)
     if (local / "config.json").is_file():
         return load_preset(str(local))
