@@ -22,10 +22,9 @@ install: $(VENV)/.installed
 demo: install
 	KERAS_BACKEND=jax $(BIN)/python examples/train_digits.py
 
-# The whole suite once per backend; fails if any backend fails.
+# The whole suite once per backend, the backends side by side (see
+# tests/run_backends.sh; PARALLEL=0 runs them one after another).
+PARALLEL ?= 1
 test: install
-	@status=0; for backend in $(BACKENDS); do \
-	  echo "=== KERAS_BACKEND=$$backend"; \
-	  KERAS_BACKEND=$$backend $(BIN)/python -m pytest -q $(PYTEST_ARGS) tests \
-	    || status=1; \
-	done; exit $$status
+	PARALLEL=$(PARALLEL) tests/run_backends.sh $(BIN)/python "$(BACKENDS)" \
+	  $(PYTEST_ARGS)

@@ -6,6 +6,11 @@ value projections may have different channel counts (Perceiver IO's
 logits scaled by `1/sqrt(qk_channels / num_heads)`, masked logits replaced by
 a large negative number, and a query row whose keys are all masked yields
 zeros before the output projection instead of a uniform average.
+
+Three implementations give the same numbers (see `chunked_attention`):
+"plain" materialises the `[B, H, Q, K]` scores, "chunked" streams over
+key/value chunks with an online softmax, "fused" calls
+`keras.ops.dot_product_attention`; "auto" chooses by size and device.
 """
 
 import math
@@ -13,6 +18,11 @@ import math
 import keras
 from keras import ops
 
+from perceiver_keras.layers.chunked_attention import default_chunk_size
+from perceiver_keras.layers.chunked_attention import fused_attend
+from perceiver_keras.layers.chunked_attention import resolve_implementation
+from perceiver_keras.layers.chunked_attention import streaming_attend
+from perceiver_keras.layers.chunked_attention import validate_implementation
 from perceiver_keras.layers.utils import clone_initializer
 
 
@@ -84,10 +94,19 @@ class PerceiverAttention(keras.layers.Layer):
             query input width.
         attention_dropout: dropout rate on the attention probabilities.
         wipe_fully_masked_rows: see `attend`.
+        attention_implementation: "auto" (plain while the scores of one
+            example fit in `PLAIN_MAX_SCORES`, else fused on a GPU kernel
+            that streams, else chunked), "plain", "chunked" or "fused".
+        key_value_chunk_size: keys per chunk of the chunked path; None picks
+            about `CHUNK_SCORES / (heads * queries)`.
+        remat: in the chunked path, recompute each chunk in the backward
+            pass rather than storing its scores.
 
     Call arguments:
         query: `[B, Q, Cq]`. key_value: `[B, K, Ckv]`.
         query_mask: optional bool `[B, Q]`. key_mask: optional bool `[B, K]`.
+        key_value_norm: optional callable applied to the key/value input
+            before the key and value projections (per chunk when chunked).
     """
 
     def __init__(
@@ -99,9 +118,18 @@ class PerceiverAttention(keras.layers.Layer):
         attention_dropout=0.0,
         wipe_fully_masked_rows=True,
         kernel_initializer="lecun_normal",
+        attention_implementation="auto",
+        key_value_chunk_size=None,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        validate_implementation(
+            attention_implementation, key_value_chunk_size, attention_dropout
+        )
+        self.attention_implementation = attention_implementation
+        self.key_value_chunk_size = key_value_chunk_size
+        self.remat = remat
         self.num_heads = num_heads
         self.qk_channels = qk_channels
         self.v_channels = v_channels
@@ -157,6 +185,43 @@ class PerceiverAttention(keras.layers.Layer):
             x, (shape[0], shape[1], self.num_heads, shape[2] // self.num_heads)
         )
 
+    def implementation_for(self, num_queries, num_keys, training=None):
+        """The path a call with these sizes takes ("auto" resolved)."""
+        return resolve_implementation(
+            self.attention_implementation,
+            self.num_heads,
+            num_queries,
+            num_keys,
+            dropout_active=bool(training) and self.attention_dropout > 0,
+            compute_dtype=self.compute_dtype,
+        )
+
+    def _project_key_value(self, key_value, key_value_norm):
+        if key_value_norm is not None:
+            key_value = key_value_norm(key_value)
+        k = self._split_heads(self.key_dense(key_value))
+        v = self._split_heads(self.value_dense(key_value))
+        return k, v
+
+    def _project_chunk(self, chunk, key_value_norm):
+        """`_project_key_value` on a 2-D view of one chunk: TensorFlow cannot
+        differentiate a 3-D Dense (tensordot's transposes) inside an
+        XLA-compiled loop."""
+        batch, length = ops.shape(chunk)[0], ops.shape(chunk)[1]
+        flat = ops.reshape(chunk, (-1, chunk.shape[-1]))
+        if key_value_norm is not None:
+            flat = key_value_norm(flat)
+        heads = self.num_heads
+        k = ops.reshape(
+            self.key_dense(flat),
+            (batch, length, heads, self.resolved_qk_channels // heads),
+        )
+        v = ops.reshape(
+            self.value_dense(flat),
+            (batch, length, heads, self.resolved_v_channels // heads),
+        )
+        return k, v
+
     def call(
         self,
         query,
@@ -164,11 +229,44 @@ class PerceiverAttention(keras.layers.Layer):
         query_mask=None,
         key_mask=None,
         training=None,
+        key_value_norm=None,
     ):
         key_value = query if key_value is None else key_value
+        implementation = self.implementation_for(
+            query.shape[1], key_value.shape[1], training
+        )
         q = self._split_heads(self.query_dense(query))
-        k = self._split_heads(self.key_dense(key_value))
-        v = self._split_heads(self.value_dense(key_value))
+        if implementation == "chunked":
+            active = bool(training) and self.attention_dropout > 0
+            chunk_size = self.key_value_chunk_size or default_chunk_size(
+                self.num_heads, query.shape[1]
+            )
+            out = streaming_attend(
+                q,
+                key_value,
+                lambda kv: self._project_chunk(kv, key_value_norm),
+                self.resolved_v_channels // self.num_heads,
+                chunk_size,
+                query_mask=query_mask,
+                key_mask=key_mask,
+                wipe_fully_masked_rows=self.wipe_fully_masked_rows,
+                dropout_rate=self.attention_dropout if active else 0.0,
+                dropout_seed=(
+                    self.dropout_layer.seed_generator.next() if active
+                    else None
+                ),
+                remat=self.remat,
+                variables=self.key_dense.weights
+                + self.value_dense.weights
+                + list(getattr(key_value_norm, "weights", [])),
+            )
+            return self.output_dense(out)
+        k, v = self._project_key_value(key_value, key_value_norm)
+        if implementation == "fused":
+            out = fused_attend(
+                q, k, v, query_mask, key_mask, self.wipe_fully_masked_rows
+            )
+            return self.output_dense(out)
         mask = attention_mask_from(
             query_mask, key_mask, ops.shape(q)[1], ops.shape(k)[1]
         )
@@ -195,6 +293,9 @@ class PerceiverAttention(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "attention_implementation": self.attention_implementation,
+                "key_value_chunk_size": self.key_value_chunk_size,
+                "remat": self.remat,
             }
         )
         return config

@@ -3,11 +3,16 @@
 Both are pre-LayerNorm (epsilon 1e-5) with an MLP of one hidden layer:
     cross: x = [q +] Attn(LN(q), LN(kv));  x = x + MLP(LN(x))
     self:  x = x + Attn(LN(x));            x = x + MLP(LN(x))
+
+With `remat=True` a block is recomputed in the backward pass instead of
+storing its activations; a chunked cross-attention instead recomputes chunk
+by chunk (recomputing the whole loop would double its cost).
 """
 
 import keras
 
 from perceiver_keras.layers.attention import PerceiverAttention
+from perceiver_keras.layers.chunked_attention import validate_implementation
 from perceiver_keras.layers.utils import clone_initializer
 from perceiver_keras.layers.utils import gelu
 from perceiver_keras.layers.utils import layer_norm
@@ -71,7 +76,11 @@ class PerceiverMLP(keras.layers.Layer):
 
 
 class _Block(keras.layers.Layer):
-    """What both blocks share: attention options, MLP, dropout, config."""
+    """What both blocks share: attention options, MLP, dropout, config.
+
+    `attention_implementation`, `key_value_chunk_size`: see
+    `PerceiverAttention`. `remat`: gradient checkpointing (see above).
+    """
 
     def __init__(
         self,
@@ -84,9 +93,25 @@ class _Block(keras.layers.Layer):
         gelu_approximate=True,
         wipe_fully_masked_rows=True,
         kernel_initializer="lecun_normal",
+        attention_implementation="auto",
+        key_value_chunk_size=None,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if remat and (dropout > 0 or attention_dropout > 0):
+            # Recomputation would redraw the dropout masks.
+            raise ValueError(
+                "`remat=True` needs dropout=0 and attention_dropout=0. "
+                f"Received: dropout={dropout}, "
+                f"attention_dropout={attention_dropout}."
+            )
+        validate_implementation(
+            attention_implementation, key_value_chunk_size, attention_dropout
+        )
+        self.attention_implementation = attention_implementation
+        self.key_value_chunk_size = key_value_chunk_size
+        self.remat = remat
         self.num_heads = num_heads
         self.qk_channels = qk_channels
         self.v_channels = v_channels
@@ -105,6 +130,9 @@ class _Block(keras.layers.Layer):
             attention_dropout=self.attention_dropout,
             wipe_fully_masked_rows=self.wipe_fully_masked_rows,
             kernel_initializer=clone_initializer(self.kernel_initializer),
+            attention_implementation=self.attention_implementation,
+            key_value_chunk_size=self.key_value_chunk_size,
+            remat=self.remat,
             dtype=self.dtype_policy,
             name="attention",
         )
@@ -127,6 +155,17 @@ class _Block(keras.layers.Layer):
         mlp_out = self.mlp(self.mlp_norm(x))
         return x + self.dropout_layer(mlp_out, training=training)
 
+    def _maybe_remat(self, forward, *tensors, chunked=False):
+        """`forward(*tensors)`, rematerialised when `remat`.
+
+        Whatever needs a gradient is passed, not closed over: TensorFlow's
+        recompute_grad differentiates only arguments and variables (and
+        takes tensors only, so masks and flags are closed over).
+        """
+        if self.remat and not chunked:
+            return keras.remat(forward)(*tensors)
+        return forward(*tensors)
+
     def compute_output_shape(self, query_shape, *args, **kwargs):
         return query_shape
 
@@ -145,6 +184,9 @@ class _Block(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "attention_implementation": self.attention_implementation,
+                "key_value_chunk_size": self.key_value_chunk_size,
+                "remat": self.remat,
             }
         )
         return config
@@ -178,16 +220,27 @@ class PerceiverCrossAttentionBlock(_Block):
     def call(
         self, query, key_value, query_mask=None, key_mask=None, training=None
     ):
-        attended = self.attention(
-            self.query_norm(query),
-            self.key_value_norm(key_value),
-            query_mask=query_mask,
-            key_mask=key_mask,
-            training=training,
+        def forward(query, key_value):
+            # The key/value LayerNorm runs inside the attention, chunk by
+            # chunk when chunked: no normalised copy of a long input.
+            attended = self.attention(
+                self.query_norm(query),
+                key_value,
+                query_mask=query_mask,
+                key_mask=key_mask,
+                training=training,
+                key_value_norm=self.key_value_norm,
+            )
+            attended = self.dropout_layer(attended, training=training)
+            x = query + attended if self.use_query_residual else attended
+            return self._add_mlp(x, training)
+
+        implementation = self.attention.implementation_for(
+            query.shape[1], key_value.shape[1], training
         )
-        attended = self.dropout_layer(attended, training=training)
-        x = query + attended if self.use_query_residual else attended
-        return self._add_mlp(x, training)
+        return self._maybe_remat(
+            forward, query, key_value, chunked=implementation == "chunked"
+        )
 
     def get_config(self):
         config = super().get_config()
@@ -210,13 +263,21 @@ class PerceiverSelfAttentionBlock(_Block):
         self.built = True
 
     def call(self, x, padding_mask=None, training=None):
-        normed = self.attention_norm(x)
-        attended = self.attention(
-            normed,
-            normed,
-            query_mask=padding_mask,
-            key_mask=padding_mask,
-            training=training,
+        def forward(x):
+            normed = self.attention_norm(x)
+            attended = self.attention(
+                normed,
+                normed,
+                query_mask=padding_mask,
+                key_mask=padding_mask,
+                training=training,
+            )
+            x = x + self.dropout_layer(attended, training=training)
+            return self._add_mlp(x, training)
+
+        implementation = self.attention.implementation_for(
+            x.shape[1], x.shape[1], training
         )
-        x = x + self.dropout_layer(attended, training=training)
-        return self._add_mlp(x, training)
+        return self._maybe_remat(
+            forward, x, chunked=implementation == "chunked"
+        )

@@ -50,6 +50,13 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
         dropout, attention_dropout: dropout rates.
         gelu_approximate: tanh GELU (DeepMind) or exact erf (transformers).
         latent_init_scale: init stddev of the latent array.
+        attention_implementation: "auto", "plain", "chunked" or "fused", for
+            every attention layer (see `PerceiverAttention`). "auto" streams
+            the encoder cross-attention over key/value chunks once its
+            scores would be large, so memory stays linear in M.
+        key_value_chunk_size: keys per chunk when chunked (None: automatic).
+        remat: gradient checkpointing of every block (the chunked
+            cross-attention chunk by chunk), for training on long inputs.
 
     Call arguments: a dict `{"inputs": x, "padding_mask": m}` or just `x`;
     `padding_mask` (bool, over the input positions) is optional. Returns the
@@ -79,6 +86,9 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
         attention_dropout=0.0,
         gelu_approximate=True,
         latent_init_scale=0.02,
+        attention_implementation="auto",
+        key_value_chunk_size=None,
+        remat=False,
         dtype=None,
         **kwargs,
     ):
@@ -108,6 +118,9 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
             dropout=dropout,
             attention_dropout=attention_dropout,
             gelu_approximate=gelu_approximate,
+            attention_implementation=attention_implementation,
+            key_value_chunk_size=key_value_chunk_size,
+            remat=remat,
             dtype=dtype,
         )
         num_cross_layers = 1 if num_cross_attends == 1 else (
@@ -185,6 +198,9 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
         self.attention_dropout = attention_dropout
         self.gelu_approximate = gelu_approximate
         self.latent_init_scale = latent_init_scale
+        self.attention_implementation = attention_implementation
+        self.key_value_chunk_size = key_value_chunk_size
+        self.remat = remat
 
     @property
     def token_width(self):
@@ -236,6 +252,9 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
                 "attention_dropout": self.attention_dropout,
                 "gelu_approximate": self.gelu_approximate,
                 "latent_init_scale": self.latent_init_scale,
+                "attention_implementation": self.attention_implementation,
+                "key_value_chunk_size": self.key_value_chunk_size,
+                "remat": self.remat,
             }
         )
         return config

@@ -1,0 +1,357 @@
+"""Attention over many keys without the `[B, H, Q, K]` score tensor.
+
+`streaming_attend` reads the key/value input in chunks and keeps, per query
+row and head, a running maximum `m`, a running sum `l` of `exp(s - m)` and a
+running weighted value sum `acc` (the online softmax). After the last chunk
+`acc / l` equals the softmax-weighted average of the plain path, masked
+logits included: a masked key has logit -1e30, exactly as in `attend`, so a
+row whose keys are all masked ends as the uniform average (then wiped to
+zeros, as DeepMind does). The key/value input is projected chunk by chunk,
+so nothing of size `[B, M, ...]` exists beyond the input itself.
+
+`fused_attend` hands the work to `keras.ops.dot_product_attention` (flash
+attention where the backend has it), after making every query row attend
+to at least one key so that no kernel sees an all-masked row.
+
+`resolve_implementation` picks one of the paths for "auto".
+"""
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+IMPLEMENTATIONS = ("auto", "plain", "chunked", "fused")
+
+# "auto" keeps the plain path while one example's scores (heads x queries x
+# keys) fit in 2**25 float32 values (128 MiB); beyond that it streams.
+PLAIN_MAX_SCORES = 2**25
+# Default chunk: about 2**22 scores (16 MiB float32) per example per chunk:
+# enough work per step to hide per-op overhead (large in eager torch), and
+# small enough that each temporary stays below glibc's mmap threshold
+# (32 MiB), so eager torch reuses freed memory instead of faulting in fresh
+# pages every chunk (that made 2**23-score chunks ~1.5x slower per key).
+CHUNK_SCORES = 2**22
+MIN_CHUNK_SIZE = 64
+
+MASKED_LOGIT = -1e30
+
+
+def validate_implementation(
+    attention_implementation, key_value_chunk_size, attention_dropout=0.0
+):
+    """ValueErrors for the options shared by layers and the backbone."""
+    if attention_implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`attention_implementation` must be one of {IMPLEMENTATIONS}. "
+            f"Received: attention_implementation={attention_implementation!r}."
+        )
+    if key_value_chunk_size is not None and (
+        isinstance(key_value_chunk_size, bool)
+        or not isinstance(key_value_chunk_size, (int, np.integer))
+        or key_value_chunk_size < 1
+    ):
+        raise ValueError(
+            "`key_value_chunk_size` must be a positive integer or None. "
+            f"Received: key_value_chunk_size={key_value_chunk_size!r}."
+        )
+    if attention_implementation == "fused" and attention_dropout > 0:
+        raise ValueError(
+            "attention_implementation='fused' has no dropout on the "
+            "attention weights; expected attention_dropout=0. Received: "
+            f"attention_dropout={attention_dropout}."
+        )
+
+
+def default_chunk_size(num_heads, num_queries):
+    """Keys per chunk so that one chunk holds about `CHUNK_SCORES` scores."""
+    if num_queries is None:
+        return 1024
+    return max(MIN_CHUNK_SIZE, CHUNK_SCORES // (num_heads * num_queries))
+
+
+def _fused_kernel_available(compute_dtype):
+    """Whether dot_product_attention here avoids materialising the scores.
+
+    Only GPU kernels do: torch's SDPA (memory-efficient / flash kernels) and
+    JAX's cuDNN flash attention, which needs half precision. On CPU, and on
+    TensorFlow, the fused op computes the full score tensor.
+    """
+    backend = keras.backend.backend()
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    if backend == "jax":
+        import jax
+
+        half = compute_dtype in ("float16", "bfloat16")
+        return half and jax.devices()[0].platform == "gpu"
+    return False
+
+
+def resolve_implementation(
+    implementation,
+    num_heads,
+    num_queries,
+    num_keys,
+    dropout_active=False,
+    compute_dtype="float32",
+):
+    """The path "auto" takes for these sizes; other choices pass through.
+
+    Sizes unknown when traced (None) count as large.
+    """
+    if implementation != "auto":
+        return implementation
+    if num_queries is not None and num_keys is not None:
+        if num_heads * num_queries * num_keys <= PLAIN_MAX_SCORES:
+            return "plain"
+    if not dropout_active and _fused_kernel_available(compute_dtype):
+        return "fused"
+    return "chunked"
+
+
+def _minimum(a, b):
+    """Python ints stay Python ints (eager torch slices without a sync)."""
+    if isinstance(a, int) and isinstance(b, int):
+        return min(a, b)
+    return ops.minimum(a, b)
+
+
+def _loop(num_steps, body, init):
+    """`keras.ops.fori_loop(0, num_steps, body, init)`, compiled as a loop.
+
+    TensorFlow needs `maximum_iterations` to differentiate a while loop
+    under XLA (its gradient accumulators need a fixed size).
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        return tf.while_loop(
+            lambda i, carry: i < num_steps,
+            lambda i, carry: (i + 1, body(i, carry)),
+            (tf.constant(0), init),
+            maximum_iterations=num_steps,
+        )[1]
+    return ops.fori_loop(0, num_steps, body, init)
+
+
+def _flat_mask(mask, length):
+    if mask is None:
+        return None
+    return ops.reshape(ops.cast(mask, "bool"), (-1, length))
+
+
+def rows_with_keys(query_mask, key_mask, num_queries, num_keys):
+    """Bool `[B, Q]` (or `[B, 1]`): rows with at least one allowed key."""
+    any_key = None
+    if key_mask is not None:
+        key_mask = _flat_mask(key_mask, num_keys)
+        any_key = ops.any(key_mask, axis=-1, keepdims=True)
+    if query_mask is not None:
+        query_mask = _flat_mask(query_mask, num_queries)
+        if any_key is None:
+            return query_mask
+        return ops.logical_and(query_mask, any_key)
+    return any_key
+
+
+def _chunk_dropout(weights, rate, seed, chunk_index):
+    """Dropout whose mask depends only on `(seed, chunk_index)`.
+
+    Inside a compiled loop a stateful seed generator cannot advance, and a
+    rematerialised chunk must draw the same mask again in the backward pass,
+    so the mask comes from a stateless generator keyed by the chunk index.
+    """
+    keep = 1.0 - rate
+    shape = ops.shape(weights)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        key = jax.random.fold_in(ops.cast(seed, "uint32"), chunk_index)
+        kept = jax.random.bernoulli(key, keep, shape)
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        step = tf.cast(chunk_index, seed.dtype)
+        chunk_seed = tf.stack([seed[0], seed[1] + step])
+        kept = tf.random.stateless_uniform(shape, chunk_seed) < keep
+    else:  # torch and numpy run eagerly: plain Python integers.
+        chunk_seed = (int(seed[0]) * 1_000_003 + int(chunk_index)) % 2**31
+        kept = keras.random.uniform(shape, seed=chunk_seed) < keep
+    return ops.where(kept, weights / keep, ops.zeros_like(weights))
+
+
+def streaming_attend(
+    q,
+    key_value,
+    project_key_value,
+    value_head_dim,
+    chunk_size,
+    query_mask=None,
+    key_mask=None,
+    wipe_fully_masked_rows=True,
+    dropout_rate=0.0,
+    dropout_seed=None,
+    remat=False,
+    variables=(),
+):
+    """Exact attention, streaming over key/value chunks.
+
+    Args:
+        q: projected queries `[B, Q, H, D]`.
+        key_value: the raw key/value input `[B, M, C]`; only chunks of it
+            are ever normalised and projected.
+        project_key_value: `[B, c, C] -> (k [B, c, H, D], v [B, c, H, Dv])`.
+        value_head_dim: `Dv`.
+        chunk_size: keys per chunk (the last chunk is clamped, see below).
+        query_mask, key_mask: optional bool `[B, Q]`, `[B, M]`.
+        wipe_fully_masked_rows: see `attention.attend`.
+        dropout_rate, dropout_seed: attention dropout (training only); the
+            seed is a `[2]` tensor drawn once per call.
+        remat: recompute each chunk in the backward pass instead of storing
+            its scores, so training memory does not grow with M x Q x H.
+        variables: the Keras variables `project_key_value` reads. With
+            `remat` their values are passed to the recomputed step, which
+            reads them through a `StatelessScope`: TensorFlow's
+            recompute_grad cannot capture variables inside a while loop.
+
+    Returns:
+        `[B, Q, H * Dv]` in the dtype of the queries.
+    """
+    batch, num_queries, num_heads, head_dim = ops.shape(q)
+    num_keys, channels = ops.shape(key_value)[1], key_value.shape[-1]
+    static = isinstance(num_keys, int)
+    # Chunks all have one static size (compiled loops need that); the last
+    # one is moved back to end at M, and keys it shares with its predecessor
+    # are skipped: no padded copy of the input is needed.
+    chunk = _minimum(chunk_size, num_keys)
+    if static:
+        num_chunks = -(-num_keys // chunk)
+        overlaps = num_keys % chunk != 0
+    else:
+        num_chunks = (num_keys + chunk - 1) // chunk
+        overlaps = True
+    key_mask = _flat_mask(key_mask, num_keys)
+    query_mask = _flat_mask(query_mask, num_queries)
+    # Scaling q once saves a pass over every chunk's scores.
+    q = q * ops.cast(1.0 / math.sqrt(head_dim), q.dtype)
+    # -1 ("all") for a batch size unknown when traced: slices then keep
+    # static shapes otherwise, which XLA needs for their gradients.
+    rows_taken = -1 if key_value.shape[0] is None else key_value.shape[0]
+
+    def step(index, start, q, kv, m, l, acc):
+        k, v = project_key_value(kv)
+        s = ops.cast(ops.einsum("bqhd,bkhd->bhqk", q, k), "float32")
+        allowed = None
+        if key_mask is not None:
+            allowed = ops.slice(key_mask, (0, start), (rows_taken, chunk))
+            allowed = allowed[:, None, None, :]
+        if query_mask is not None:
+            rows = query_mask[:, None, :, None]
+            allowed = rows if allowed is None else ops.logical_and(
+                allowed, rows
+            )
+        if allowed is not None:
+            s = ops.where(allowed, s, MASKED_LOGIT)
+        # m is only a stabiliser: the result does not depend on it.
+        m_new = ops.stop_gradient(ops.maximum(m, ops.max(s, axis=-1)))
+        p = ops.exp(s - m_new[..., None])
+        alpha = ops.exp(m - m_new)
+        v = ops.cast(v, "float32")
+        if overlaps:
+            # Keys seen in the previous chunk count for nothing; they are
+            # dropped from the small operands, not from the `[.., c]` scores
+            # (in the max they are harmless: m has already seen them).
+            fresh = ops.cast(start + ops.arange(chunk) >= index * chunk,
+                             "float32")
+            l = alpha * l + ops.einsum("bhqk,k->bhq", p, fresh)
+            v = v * fresh[None, :, None, None]
+        else:
+            l = alpha * l + ops.sum(p, axis=-1)
+        if dropout_rate > 0:
+            # Dropping normalised weights = dropping these (l is untouched).
+            p = _chunk_dropout(p, dropout_rate, dropout_seed, index)
+        pv = ops.einsum("bhqk,bkhd->bhqd", p, v)
+        acc = alpha[..., None] * acc + pv
+        return m_new, l, acc
+
+    def body(index, carry):
+        start = _minimum(index * chunk, num_keys - chunk)
+        kv = ops.slice(
+            key_value, (0, start, 0), (rows_taken, chunk, channels)
+        )
+        if not remat:
+            return step(index, start, q, kv, *carry)
+
+        # Everything needing a gradient is an argument: TensorFlow's
+        # recompute_grad differentiates arguments only (inside a loop).
+        def chunk_step(q, kv, m, l, acc, *values):
+            with keras.StatelessScope(state_mapping=zip(variables, values)):
+                return step(index, start, q, kv, m, l, acc)
+
+        values = [ops.convert_to_tensor(v.value) for v in variables]
+        return keras.remat(chunk_step)(q, kv, *carry, *values)
+
+    rows = (batch, num_heads, num_queries)
+    init = (
+        ops.full(rows, MASKED_LOGIT, "float32"),
+        ops.zeros(rows, "float32"),
+        ops.zeros(rows + (value_head_dim,), "float32"),
+    )
+    _, l, acc = _loop(num_chunks, body, init)
+    out = acc / l[..., None]  # l >= 1: the row maximum contributes exp(0)
+    out = ops.reshape(
+        ops.transpose(out, (0, 2, 1, 3)), (batch, num_queries, -1)
+    )
+    out = ops.cast(out, q.dtype)
+    if wipe_fully_masked_rows:
+        any_key = rows_with_keys(query_mask, key_mask, num_queries, num_keys)
+        if any_key is not None:
+            out = ops.where(any_key[..., None], out, ops.zeros_like(out))
+    return out
+
+
+def fused_attend(q, k, v, query_mask=None, key_mask=None,
+                 wipe_fully_masked_rows=True):
+    """`keras.ops.dot_product_attention` with DeepMind's masking semantics.
+
+    Args and returns as `attention.attend` (masks as `[B, Q]`, `[B, K]`).
+    Kernels only see the key mask, with every key allowed for examples that
+    have none (an all-masked row gives NaN in some kernels); rows with no
+    allowed key are then replaced by what the plain path gives them: zeros,
+    or the uniform average of the values its all -1e30 logits produce.
+    """
+    batch, num_queries = ops.shape(q)[0], ops.shape(q)[1]
+    num_keys = ops.shape(k)[1]
+    qk_dim, v_dim = q.shape[-1], v.shape[-1]
+    key_mask = _flat_mask(key_mask, num_keys)
+    query_mask = _flat_mask(query_mask, num_queries)
+    mask = None
+    if key_mask is not None:
+        any_key = ops.any(key_mask, axis=-1, keepdims=True)
+        mask = ops.logical_or(key_mask, ops.logical_not(any_key))
+        mask = mask[:, None, None, :]  # [B, 1, 1, K]
+    # Some kernels need one head size for q, k and v: zero channels change
+    # neither the logits (the scale is explicit) nor the kept outputs.
+    width = max(qk_dim, v_dim)
+
+    def pad(x):
+        extra = width - x.shape[-1]
+        return x if extra == 0 else ops.pad(x, [(0, 0)] * 3 + [(0, extra)])
+
+    out = ops.dot_product_attention(
+        pad(q), pad(k), pad(v), mask=mask, scale=1.0 / math.sqrt(qk_dim)
+    )
+    out = ops.reshape(out[..., :v_dim], (batch, num_queries, -1))
+    any_key = rows_with_keys(query_mask, key_mask, num_queries, num_keys)
+    if any_key is not None:
+        if wipe_fully_masked_rows:
+            fill = ops.zeros_like(out)
+        else:
+            fill = ops.reshape(ops.mean(v, axis=1), (batch, 1, -1))
+        out = ops.where(any_key[..., None], out, ops.cast(fill, out.dtype))
+    return out
