@@ -37,6 +37,9 @@ DEFAULT_SIZES = {
     "torch": [1000, 1_000_000],
     "jax": [1000, 1_000_000, 4_000_000],
 }
+# Training steps (remat=True): enough sizes to see the growth is linear.
+TRAIN_BACKENDS = ["jax"]
+TRAIN_SIZES = [1000, 262_144, 1_000_000]
 
 
 def peak_rss_bytes():
@@ -48,11 +51,13 @@ def peak_rss_bytes():
     raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
-def child(size, chunk_size):
-    """One forward pass; prints a JSON line with the measurements."""
+def child(size, chunk_size, train=False):
+    """One forward pass (or, with `train`, one training step with
+    `remat=True`); prints a JSON line with the measurements."""
     import numpy as np
 
     from perceiver_keras import PerceiverBackbone
+    from perceiver_keras import PerceiverClassifier
 
     backbone = PerceiverBackbone(
         inputs_shape=(None, CHANNELS),
@@ -60,6 +65,7 @@ def child(size, chunk_size):
         latent_dim=1024,
         num_cross_attend_heads=8,
         key_value_chunk_size=chunk_size,
+        remat=train,
     )
     implementation = backbone.cross_attends[0].attention.implementation_for(
         512, size
@@ -67,10 +73,16 @@ def child(size, chunk_size):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, size, CHANNELS), dtype=np.float32)
     start = time.perf_counter()
-    out = backbone.predict_on_batch(x)
+    if train:
+        classifier = PerceiverClassifier(backbone, num_classes=10)
+        classifier.compile()
+        loss = classifier.train_on_batch(x, np.array([3]))
+        assert np.isfinite(loss).all()
+    else:
+        out = backbone.predict_on_batch(x)
+        assert out.shape == (1, 512, 1024) and np.isfinite(out).all()
     seconds = time.perf_counter() - start
     load = os.getloadavg()[0]
-    assert out.shape == (1, 512, 1024) and np.isfinite(out).all()
     print(json.dumps({
         "peak_rss": peak_rss_bytes(),
         "seconds": seconds,
@@ -80,11 +92,13 @@ def child(size, chunk_size):
     }))
 
 
-def run_child(backend, size, chunk_size, timeout):
+def run_child(backend, size, chunk_size, timeout, train=False):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, __file__, "--child", str(size)]
     if chunk_size:
         command += ["--chunk-size", str(chunk_size)]
+    if train:
+        command.append("--train")
     start = time.perf_counter()
     result = subprocess.run(
         command, env=env, capture_output=True, text=True, timeout=timeout
@@ -97,8 +111,30 @@ def run_child(backend, size, chunk_size, timeout):
             + result.stderr[-3000:]
         )
     record = json.loads(lines[-1])
-    record.update(backend=backend, size=size, wall=wall)
+    record.update(backend=backend, size=size, wall=wall, train=train)
     return record
+
+
+def train_table(records):
+    """Training rows: growth over M = 1k, and per input element."""
+    lines = [
+        "| backend | M | path | peak RSS (MiB) | growth vs M=1k (MiB) "
+        "| growth per input element (bytes) | step (s) | load |",
+        "|---|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    base = {r["backend"]: r for r in records if r["size"] == BASE_SIZE}
+    for r in records:
+        grow = r["peak_rss"] - base[r["backend"]]["peak_rss"]
+        per_element = (
+            f"{grow / (r['size'] - BASE_SIZE):,.0f}"
+            if r["size"] != BASE_SIZE else "—"
+        )
+        lines.append(
+            f"| {r['backend']} | {r['size']:,} | {r['implementation']} "
+            f"| {r['peak_rss'] / MIB:,.0f} | {grow / MIB:,.0f} "
+            f"| {per_element} | {r['seconds']:.1f} | {r['load']:.1f} |"
+        )
+    return "\n".join(lines)
 
 
 def table(records):
@@ -129,10 +165,25 @@ def table(records):
     return "\n".join(lines), ok
 
 
-def write_results(records, chunk_size):
+def write_results(records, train_records, chunk_size):
     import keras
 
     body, ok = table(records)
+    training = ""
+    if train_records:
+        training = f"""
+## Training (`remat=True`)
+
+One `train_on_batch` step (first call: compilation included) of a
+`PerceiverClassifier` on the same backbone with `remat=True`, in a fresh
+process per row. The chunked cross-attention keeps, per chunk, only its
+running (max, sum, value) carry for the backward pass, 8 heads x 512
+latents x (128 + 2) floats for 1,024 keys, about 2 KiB per input element:
+linear in M, with a constant independent of the number of latents x heads
+scores a plain backward pass would store.
+
+{train_table(train_records)}
+"""
     text = f"""# Memory scaling of the encoder cross-attention
 
 Written by `python benchmarks/memory_scaling.py` on {datetime.date.today()}
@@ -153,7 +204,7 @@ wait on each other at every small op).
 {body}
 
 All bounds hold: {"yes" if ok else "NO"}.
-"""
+{training}"""
     os.makedirs(os.path.dirname(RESULTS), exist_ok=True)
     with open(RESULTS, "w") as f:
         f.write(text)
@@ -170,11 +221,17 @@ def main():
     parser.add_argument("--chunk-size", type=int, default=None,
                         help="key_value_chunk_size (default: automatic)")
     parser.add_argument("--timeout", type=int, default=900)
+    parser.add_argument("--train", action="store_true",
+                        help=argparse.SUPPRESS)  # child: a training step
+    parser.add_argument("--train-sizes", nargs="*", type=int,
+                        default=TRAIN_SIZES,
+                        help="M for the training rows (on "
+                        f"{', '.join(TRAIN_BACKENDS)}); none to skip them")
     parser.add_argument("--no-write", action="store_true",
                         help="print the table without writing the results")
     args = parser.parse_args()
     if args.child is not None:
-        return child(args.child, args.chunk_size)
+        return child(args.child, args.chunk_size, args.train)
     records = []
     for backend in args.backends:
         sizes = args.sizes or DEFAULT_SIZES[backend]
@@ -184,10 +241,23 @@ def main():
             print(f"{backend:>10} M={size:>9,}: {record['implementation']}, "
                   f"peak {record['peak_rss'] / MIB:,.0f} MiB, "
                   f"forward {record['seconds']:.1f} s", flush=True)
+    train_records = []
+    for backend in TRAIN_BACKENDS if args.train_sizes else []:
+        if backend not in args.backends:
+            continue
+        for size in sorted(set([BASE_SIZE] + list(args.train_sizes))):
+            record = run_child(backend, size, args.chunk_size, args.timeout,
+                               train=True)
+            train_records.append(record)
+            print(f"{backend:>10} M={size:>9,}: training step, peak "
+                  f"{record['peak_rss'] / MIB:,.0f} MiB, "
+                  f"{record['seconds']:.1f} s", flush=True)
     if args.no_write:
         print(table(records)[0])
+        if train_records:
+            print(train_table(train_records))
         return 0 if table(records)[1] else 1
-    text, ok = write_results(records, args.chunk_size)
+    text, ok = write_results(records, train_records, args.chunk_size)
     print(text)
     return 0 if ok else 1
 

@@ -193,3 +193,14 @@ def test_reads_without_torch(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "ok" in result.stdout
+
+
+@pytest.mark.parametrize("shard", ["model.safetensors.index.json",
+                                   "../model.safetensors"])
+def test_index_naming_a_bad_shard_is_refused(tmp_path, shard):
+    """An index may name shards in its own directory only, never another
+    index (which could name itself)."""
+    with open(tmp_path / "model.safetensors.index.json", "w") as f:
+        json.dump({"weight_map": {"x": shard}}, f)
+    with pytest.raises(ValueError, match="is not a .safetensors or .bin"):
+        load_checkpoint_dir(tmp_path)

@@ -17,9 +17,11 @@ flow scale). DeepMind's tanh GELU is expressible (`hidden_act="gelu_new"`).
 Exported: `PerceiverTextClassifier`, `PerceiverMaskedLM`,
 `PerceiverImageClassifier` (learned, Fourier, conv), `PerceiverOpticalFlow`
 and `PerceiverBackbone` (bare or text input, as `PerceiverModel`).
-Training-only options (dropout) are not exported. The masked LM's decoder
-query mask has no transformers equivalent: logits at padded positions
-differ (the valid positions are reproduced).
+Training-only options (dropout) are not exported. transformers does not
+mask the masked LM's decoder queries: a model with DeepMind's
+`decoder_query_mask=True` exports, and only its logits at padded positions
+(which mean nothing) differ; models converted from transformers have
+`decoder_query_mask=False` and round-trip exactly.
 """
 
 import json

@@ -345,10 +345,12 @@ def _read_sharded(index_path):
     directory = os.path.dirname(index_path)
     tensors = {}
     for shard in sorted(set(weight_map.values())):
-        if os.path.basename(shard) != shard:
+        if os.path.basename(shard) != shard or not shard.endswith(
+            (".safetensors", ".bin")
+        ):
             raise ValueError(
-                f"{index_path}: shard {shard!r} is not a file name in the "
-                "same directory."
+                f"{index_path}: shard {shard!r} is not a .safetensors or "
+                ".bin file name in the same directory."
             )
         tensors.update(read_weight_file(os.path.join(directory, shard)))
     missing = sorted(set(weight_map) - set(tensors))
