@@ -1,6 +1,14 @@
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+# Tests compile many small one-off XLA graphs (JAX, and TensorFlow's
+# jit-compiled fit): LLVM's expensive optimisation passes cost more time
+# than they save, about half of the JAX suite. Results are unchanged within
+# the project's tolerance; benchmarks and users keep XLA's defaults.
+os.environ.setdefault(
+    "XLA_FLAGS",
+    "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
