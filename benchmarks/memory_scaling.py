@@ -177,10 +177,11 @@ def write_results(records, train_records, chunk_size):
 One `train_on_batch` step (first call: compilation included) of a
 `PerceiverClassifier` on the same backbone with `remat=True`, in a fresh
 process per row. The chunked cross-attention keeps, per chunk, only its
-running (max, sum, value) carry for the backward pass, 8 heads x 512
-latents x (128 + 2) floats for 1,024 keys, about 2 KiB per input element:
-linear in M, with a constant independent of the number of latents x heads
-scores a plain backward pass would store.
+running (max, sum, value) carry for the backward pass (at most 8 heads x
+512 latents x (128 + 2) floats per 1,024-key chunk, 2 KiB per input
+element), not the latents x heads scores of each key that a plain backward
+pass stores (16 KiB per input element here). The growth is linear in M:
+see the last column (the float32 input itself is 256 bytes per element).
 
 {train_table(train_records)}
 """
