@@ -24,7 +24,7 @@ import numpy as np
 
 
 def parse_args(argv):
-    from perceiver_keras.models.perceiver_presets import PRESET_NAMES
+    from perceiver_keras.models.presets import builtin_names
 
     parser = argparse.ArgumentParser(
         description="Convert a DeepMind Perceiver IO checkpoint (Haiku "
@@ -32,7 +32,7 @@ def parse_args(argv):
     )
     parser.add_argument("checkpoint", help="the .pickle / .pystate file")
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--model", choices=PRESET_NAMES,
+    source.add_argument("--model", choices=builtin_names("perceiver_io"),
                         help="a built-in model")
     source.add_argument("--config", metavar="CONFIG_JSON",
                         help="a {kind, deepmind_config} JSON file")
@@ -53,7 +53,7 @@ def main(argv=None):
     from perceiver_keras.conversion.deepmind import convert_deepmind
     from perceiver_keras.conversion.deepmind import kind_module
     from perceiver_keras.conversion.deepmind import read_config
-    from perceiver_keras.models.perceiver_presets import builtin_preset
+    from perceiver_keras.models.presets import builtin_preset
 
     start = time.time()
     try:

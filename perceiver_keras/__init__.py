@@ -1,36 +1,40 @@
 """Perceiver and Perceiver IO for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
 from perceiver_keras.layers import *  # noqa: F401,F403
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_classifier import PerceiverClassifier
-from perceiver_keras.models.perceiver_configs import count_params
-from perceiver_keras.models.perceiver_configs import recommended_config
-from perceiver_keras.models.perceiver_configs import token_shape
-from perceiver_keras.models.perceiver_image_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_classifier import PerceiverClassifier
+from perceiver_keras.models.perceiver_io.perceiver_configs import count_params
+from perceiver_keras.models.perceiver_io.perceiver_configs import recommended_config
+from perceiver_keras.models.perceiver_io.perceiver_configs import token_shape
+from perceiver_keras.models.perceiver_io.perceiver_image_classifier import (
     PerceiverImageClassifier,
 )
-from perceiver_keras.models.perceiver_image_classifier_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_image_classifier_preprocessor import (
     PerceiverImageClassifierPreprocessor,
 )
-from perceiver_keras.models.perceiver_image_converter import (
+from perceiver_keras.models.perceiver_io.perceiver_image_converter import (
     PerceiverImageConverter,
 )
-from perceiver_keras.models.perceiver_io import PerceiverIO
-from perceiver_keras.models.perceiver_masked_lm import PerceiverMaskedLM
-from perceiver_keras.models.perceiver_masked_lm_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_io import PerceiverIO
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm import PerceiverMaskedLM
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm_preprocessor import (
     PerceiverMaskedLMPreprocessor,
 )
-from perceiver_keras.models.perceiver_multimodal_autoencoder import (
+from perceiver_keras.models.perceiver_io.perceiver_multimodal_autoencoder import (
     PerceiverMultimodalAutoencoder,
 )
-from perceiver_keras.models.perceiver_optical_flow import PerceiverOpticalFlow
+from perceiver_keras.models.perceiver_io.perceiver_optical_flow import PerceiverOpticalFlow
 from perceiver_keras.models.perceiver_task import PerceiverTask
-from perceiver_keras.models.perceiver_text_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_text_classifier import (
     PerceiverTextClassifier,
 )
-from perceiver_keras.models.perceiver_text_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_text_preprocessor import (
     PerceiverTextPreprocessor,
 )
-from perceiver_keras.models.perceiver_tokenizer import PerceiverTokenizer
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTokenizer
+
+# Converters register their `from_preset` routes (hf://, save_pretrained
+# directories) on import; the model classes import no converter.
+from perceiver_keras.conversion import hf as _hf_routes  # noqa: F401
 
 __version__ = "0.1.0"

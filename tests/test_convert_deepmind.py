@@ -24,11 +24,12 @@ from perceiver_keras.conversion.deepmind import KINDS
 from perceiver_keras.conversion.deepmind import checkpoint_tensors
 from perceiver_keras.conversion.deepmind import convert_deepmind
 from perceiver_keras.conversion.deepmind import kind_module
-from perceiver_keras.models.perceiver_image_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_image_classifier import (
     PerceiverImageClassifier,
 )
-from perceiver_keras.models.perceiver_masked_lm import PerceiverMaskedLM
-from perceiver_keras.models.perceiver_presets import builtin_preset
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm import PerceiverMaskedLM
+from perceiver_keras.models.presets import builtin_preset
+from perceiver_keras.models.presets import keras_config
 from perceiver_keras.models.perceiver_task import PerceiverTask
 from perceiver_keras.utils.deepmind_checkpoint import load_deepmind_checkpoint
 
@@ -289,4 +290,10 @@ def test_builtin_model_matches_released_checkpoint(name, tmp_path, monkeypatch):
     trainable = sum(int(np.prod(w.shape)) for w in task.trainable_weights)
     released_params = sum(int(np.prod(shape)) for shape in params.values())
     assert trainable == released_params == spec["params"]
+
+    # The committed Keras config is what the converter builds from
+    # DeepMind's arguments (conversion/write_builtin_presets.py).
+    keras.backend.clear_session()  # default layer names, as the script has
+    converted = kind_module(spec["kind"]).build_task(spec["deepmind_config"])
+    assert keras_config(converted) == spec["keras_config"]
     keras.backend.clear_session()

@@ -9,8 +9,8 @@ import pytest
 
 from perceiver_keras.conversion import deepmind_flow
 from perceiver_keras.conversion.common import assign_weights
-from perceiver_keras.models.perceiver_optical_flow import PerceiverOpticalFlow
-from perceiver_keras.models.perceiver_optical_flow import window_origins
+from perceiver_keras.models.perceiver_io.perceiver_optical_flow import PerceiverOpticalFlow
+from perceiver_keras.models.perceiver_io.perceiver_optical_flow import window_origins
 from perceiver_keras.utils.deepmind_checkpoint import load_deepmind_checkpoint
 
 HERE = os.path.dirname(__file__)

@@ -12,7 +12,7 @@ from perceiver_keras.conversion.common import assign_weights
 from perceiver_keras.layers.multimodal import PerceiverAudioAdapter
 from perceiver_keras.layers.multimodal import PerceiverLabelAdapter
 from perceiver_keras.layers.multimodal import PerceiverMultimodalAdapter
-from perceiver_keras.models.perceiver_multimodal_autoencoder import (
+from perceiver_keras.models.perceiver_io.perceiver_multimodal_autoencoder import (
     PerceiverMultimodalAutoencoder,
 )
 from perceiver_keras.utils.deepmind_checkpoint import load_deepmind_checkpoint

@@ -125,8 +125,8 @@ def test_text_perceiver_model_round_trip(tmp_path):
 
 def native_text_classifier(**backbone_options):
     from perceiver_keras.layers.adapters import PerceiverTokenAdapter
-    from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-    from perceiver_keras.models.perceiver_text_classifier import (
+    from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+    from perceiver_keras.models.perceiver_io.perceiver_text_classifier import (
         PerceiverTextClassifier,
     )
 
@@ -188,7 +188,7 @@ def test_deepmind_options_are_refused(tmp_path):
 
 
 def test_flow_scale_is_refused(tmp_path):
-    from perceiver_keras.models.perceiver_optical_flow import (
+    from perceiver_keras.models.perceiver_io.perceiver_optical_flow import (
         PerceiverOpticalFlow,
     )
 

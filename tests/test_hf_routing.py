@@ -23,13 +23,13 @@ from perceiver_keras.conversion.hf import convert_transformers
 from perceiver_keras.conversion.hf import is_transformers_source
 from perceiver_keras.conversion.hf import load_transformers_preset
 from perceiver_keras.conversion.hf import run_inputs
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_image_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_image_classifier import (
     PerceiverImageClassifier,
 )
-from perceiver_keras.models.perceiver_masked_lm import PerceiverMaskedLM
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm import PerceiverMaskedLM
 from perceiver_keras.models.perceiver_task import PerceiverTask
-from perceiver_keras.models.perceiver_text_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_text_classifier import (
     PerceiverTextClassifier,
 )
 
@@ -200,7 +200,7 @@ def test_hf_really_offline(tmp_path):
 
 def test_from_preset_hook(classifier_dir):
     """`PerceiverTask.from_preset` on a transformers directory, once
-    `perceiver_presets.from_preset` routes to `load_transformers_preset`."""
+    `presets.from_preset` routes to `load_transformers_preset`."""
     model, directory = classifier_dir
     task = PerceiverTask.from_preset(directory)
     assert type(task) is PerceiverTextClassifier

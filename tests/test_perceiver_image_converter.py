@@ -28,9 +28,9 @@ import pytest
 from keras import ops
 
 from conftest import assert_close
-from perceiver_keras.models.perceiver_image_converter import IMAGENET_MEAN
-from perceiver_keras.models.perceiver_image_converter import IMAGENET_STD
-from perceiver_keras.models.perceiver_image_converter import (
+from perceiver_keras.models.perceiver_io.perceiver_image_converter import IMAGENET_MEAN
+from perceiver_keras.models.perceiver_io.perceiver_image_converter import IMAGENET_STD
+from perceiver_keras.models.perceiver_io.perceiver_image_converter import (
     PerceiverImageConverter,
 )
 
@@ -125,7 +125,7 @@ def pil_processor(image, center_crop=True):
     pytest.importorskip("transformers")
     from transformers import PerceiverImageProcessorPil
 
-    from perceiver_keras.models.perceiver_image_converter import (
+    from perceiver_keras.models.perceiver_io.perceiver_image_converter import (
         _pil_horizontal_first,
     )
 

@@ -13,12 +13,12 @@ from conftest import to_numpy
 from perceiver_keras.conversion.deepmind import convert_deepmind
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
 from perceiver_keras.layers.adapters import PerceiverImageAdapter
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_masked_lm import PerceiverMaskedLM
-from perceiver_keras.models.perceiver_masked_lm_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm import PerceiverMaskedLM
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm_preprocessor import (
     PerceiverMaskedLMPreprocessor,
 )
-from perceiver_keras.models.perceiver_tokenizer import PerceiverTokenizer
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTokenizer
 
 FIXTURE = Path(__file__).parent / "fixtures" / "deepmind" / "mlm-public"
 MASK = 3

@@ -13,11 +13,11 @@ from conftest import to_numpy
 from perceiver_keras.conversion.deepmind import convert_deepmind
 from perceiver_keras.layers.adapters import PerceiverArrayAdapter
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_text_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_text_classifier import (
     PerceiverTextClassifier,
 )
-from perceiver_keras.models.perceiver_text_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_text_preprocessor import (
     PerceiverTextPreprocessor,
 )
 

@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from perceiver_keras.models.perceiver_text_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_text_preprocessor import (
     PerceiverTextPreprocessor,
 )
-from perceiver_keras.models.perceiver_tokenizer import PerceiverTokenizer
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTokenizer
 
 TEXTS = [
     "Hello, world!",

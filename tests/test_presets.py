@@ -13,13 +13,13 @@ from conftest import assert_close
 from conftest import to_numpy
 from perceiver_keras.conversion.deepmind import KINDS
 from perceiver_keras.conversion.deepmind import convert_deepmind
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_image_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_image_classifier import (
     PerceiverImageClassifier,
 )
-from perceiver_keras.models.perceiver_presets import PRESET_NAMES
-from perceiver_keras.models.perceiver_presets import builtin_preset
-from perceiver_keras.models.perceiver_presets import local_preset_dir
+from perceiver_keras.models.presets import builtin_names
+from perceiver_keras.models.presets import builtin_preset
+from perceiver_keras.models.presets import local_preset_dir
 from perceiver_keras.models.perceiver_task import PerceiverTask
 
 FIXTURES = Path(__file__).parent / "fixtures" / "deepmind"
@@ -52,7 +52,7 @@ def empty_home(tmp_path, monkeypatch):
 
 
 def test_six_builtin_presets_with_released_metadata():
-    assert sorted(PRESET_NAMES) == sorted(RELEASED)
+    assert builtin_names("perceiver_io") == sorted(RELEASED)
     for name, (kind, params, results, checkpoint) in RELEASED.items():
         spec = builtin_preset(name)
         assert spec["name"] == name and spec["kind"] == kind
@@ -125,6 +125,7 @@ def test_other_preset_strings_take_keras_hubs_path(tmp_path):
 
 def test_preset_files_are_package_data():
     root = Path(__file__).parents[1]
-    assert "presets/*.json" in (root / "pyproject.toml").read_text()
-    for name in PRESET_NAMES:
-        assert (root / "presets" / f"{name}.json").is_file()
+    assert '"presets/perceiver_io/*.json"' in (
+        root / "pyproject.toml").read_text()
+    for name in RELEASED:
+        assert (root / "presets" / "perceiver_io" / f"{name}.json").is_file()

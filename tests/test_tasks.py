@@ -159,13 +159,13 @@ def test_task_input_errors_name_the_argument():
 
 
 def test_image_classifier_with_preprocessor_fit_predict_and_preset(tmp_path):
-    from perceiver_keras.models.perceiver_image_classifier import (
+    from perceiver_keras.models.perceiver_io.perceiver_image_classifier import (
         PerceiverImageClassifier,
     )
-    from perceiver_keras.models.perceiver_image_classifier_preprocessor import (
+    from perceiver_keras.models.perceiver_io.perceiver_image_classifier_preprocessor import (
         PerceiverImageClassifierPreprocessor,
     )
-    from perceiver_keras.models.perceiver_image_converter import (
+    from perceiver_keras.models.perceiver_io.perceiver_image_converter import (
         PerceiverImageConverter,
     )
     from perceiver_keras import PerceiverImageAdapter

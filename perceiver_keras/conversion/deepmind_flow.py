@@ -16,8 +16,8 @@ from perceiver_keras.conversion.deepmind import check_keys
 from perceiver_keras.conversion.deepmind import encoder_rows
 from perceiver_keras.conversion.deepmind import require
 from perceiver_keras.layers.flow import PerceiverFlowAdapter
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_optical_flow import PerceiverOpticalFlow
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_optical_flow import PerceiverOpticalFlow
 
 FRAME_CHANNELS = 3  # RGB: the released patch projection reads 2 x 9 x 3 values
 TRAIN_SIZE = (368, 496)

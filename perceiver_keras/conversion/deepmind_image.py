@@ -29,14 +29,14 @@ from perceiver_keras.conversion.deepmind import check_keys
 from perceiver_keras.conversion.deepmind import encoder_rows
 from perceiver_keras.conversion.deepmind import require
 from perceiver_keras.layers.adapters import PerceiverImageAdapter
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_image_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_image_classifier import (
     PerceiverImageClassifier,
 )
-from perceiver_keras.models.perceiver_image_classifier_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_image_classifier_preprocessor import (
     PerceiverImageClassifierPreprocessor,
 )
-from perceiver_keras.models.perceiver_image_converter import (
+from perceiver_keras.models.perceiver_io.perceiver_image_converter import (
     PerceiverImageConverter,
 )
 

@@ -18,12 +18,12 @@ from perceiver_keras.conversion.deepmind import check_keys
 from perceiver_keras.conversion.deepmind import encoder_rows
 from perceiver_keras.conversion.deepmind import require
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_masked_lm import PerceiverMaskedLM
-from perceiver_keras.models.perceiver_masked_lm_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm import PerceiverMaskedLM
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm_preprocessor import (
     PerceiverMaskedLMPreprocessor,
 )
-from perceiver_keras.models.perceiver_tokenizer import VOCABULARY_SIZE
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import VOCABULARY_SIZE
 
 TOP_LEVEL_KEYS = (
     "d_model", "d_latents", "max_seq_len", "vocab_size", "encoder", "decoder",

@@ -27,8 +27,8 @@ from perceiver_keras.layers.multimodal import PerceiverLabelAdapter
 from perceiver_keras.layers.multimodal import PerceiverMultimodalAdapter
 from perceiver_keras.layers.multimodal import PerceiverMultimodalQueries
 from perceiver_keras.layers.multimodal import PerceiverTokenInput
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_multimodal_autoencoder import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_multimodal_autoencoder import (
     PerceiverMultimodalAutoencoder,
 )
 

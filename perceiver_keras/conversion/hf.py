@@ -42,6 +42,7 @@ import os
 
 from perceiver_keras.conversion.common import assign_weights
 from perceiver_keras.conversion.common import save_preset_atomically
+from perceiver_keras.models import presets
 from perceiver_keras.utils.hf_checkpoint import WEIGHT_FILES
 from perceiver_keras.utils.hf_checkpoint import load_checkpoint_dir
 
@@ -336,3 +337,7 @@ def load_transformers_preset(cls, preset, load_weights=True, **kwargs):
     task.transformers_config = config
     task.processor_config = model.processor_config
     return task
+
+
+presets.register_preset_route(is_transformers_source, load_transformers_preset)
+presets.register_after_load(with_transformers_config)

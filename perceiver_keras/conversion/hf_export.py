@@ -224,15 +224,15 @@ def _processor_config(task):
 
 def describe(model):
     """`(architecture, config fields, processor config)` of a Keras model."""
-    from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-    from perceiver_keras.models.perceiver_image_classifier import (
+    from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+    from perceiver_keras.models.perceiver_io.perceiver_image_classifier import (
         PerceiverImageClassifier,
     )
-    from perceiver_keras.models.perceiver_masked_lm import PerceiverMaskedLM
-    from perceiver_keras.models.perceiver_optical_flow import (
+    from perceiver_keras.models.perceiver_io.perceiver_masked_lm import PerceiverMaskedLM
+    from perceiver_keras.models.perceiver_io.perceiver_optical_flow import (
         PerceiverOpticalFlow,
     )
-    from perceiver_keras.models.perceiver_text_classifier import (
+    from perceiver_keras.models.perceiver_io.perceiver_text_classifier import (
         PerceiverTextClassifier,
     )
 

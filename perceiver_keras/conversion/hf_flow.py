@@ -27,8 +27,8 @@ from perceiver_keras.conversion.hf_common import task_on_backbone
 from perceiver_keras.layers.flow import PATCH_SIZE
 from perceiver_keras.layers.flow import PerceiverFlowAdapter
 from perceiver_keras.layers.flow import flow_patches
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_optical_flow import PerceiverOpticalFlow
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_optical_flow import PerceiverOpticalFlow
 
 FRAME_CHANNELS = 3
 DECODER = "perceiver.decoder.decoder"

@@ -29,18 +29,18 @@ from perceiver_keras.conversion.hf_common import num_labels
 from perceiver_keras.conversion.hf_common import query_decoder_rows
 from perceiver_keras.conversion.hf_common import task_on_backbone
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_masked_lm import PerceiverMaskedLM
-from perceiver_keras.models.perceiver_masked_lm_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm import PerceiverMaskedLM
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm_preprocessor import (
     PerceiverMaskedLMPreprocessor,
 )
-from perceiver_keras.models.perceiver_text_classifier import (
+from perceiver_keras.models.perceiver_io.perceiver_text_classifier import (
     PerceiverTextClassifier,
 )
-from perceiver_keras.models.perceiver_text_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_text_preprocessor import (
     PerceiverTextPreprocessor,
 )
-from perceiver_keras.models.perceiver_tokenizer import VOCABULARY_SIZE
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import VOCABULARY_SIZE
 
 TASKS = {
     "PerceiverForMaskedLM": PerceiverMaskedLM,

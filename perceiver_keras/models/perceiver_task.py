@@ -11,7 +11,7 @@ import keras
 import numpy as np
 from keras_hub.models import Task
 
-from perceiver_keras.models import perceiver_presets
+from perceiver_keras.models import presets
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import is_array_data
 from perceiver_keras.models.input_validation import validate_backbone_inputs
@@ -102,18 +102,18 @@ class PerceiverTask(ValidatedInputsMixin, Task):
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """keras-hub's `from_preset`, plus DeepMind's six built-in names.
 
-        See `perceiver_keras.models.perceiver_presets` for how a built-in
+        See `perceiver_keras.models.presets` for how a built-in
         name resolves (local converted copy, offline build, or a ValueError
         that says how to convert the checkpoint).
         """
 
         def load(path):  # keras-hub's path, on the class the preset records
-            task_cls = perceiver_presets.saved_task_class(cls, path)
+            task_cls = presets.saved_task_class(cls, path)
             return super(PerceiverTask, task_cls).from_preset(
                 path, load_weights=load_weights, **kwargs
             )
 
-        return perceiver_presets.from_preset(
+        return presets.from_preset(
             cls, preset, load_weights, kwargs, load
         )
 

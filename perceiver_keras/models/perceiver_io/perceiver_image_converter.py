@@ -64,7 +64,7 @@ import numpy as np
 from keras import ops
 from keras_hub.layers import ImageConverter
 
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 
 try:
     from keras_hub.src.utils.tensor_utils import in_tf_function

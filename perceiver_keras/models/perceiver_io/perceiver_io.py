@@ -3,7 +3,7 @@
 import keras
 
 from perceiver_keras.layers.decoders import PerceiverQueryDecoder
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
 
 

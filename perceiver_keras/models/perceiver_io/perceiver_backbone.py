@@ -8,7 +8,7 @@ from perceiver_keras.layers.adapters import PerceiverTokenAdapter
 from perceiver_keras.layers.blocks import PerceiverCrossAttentionBlock
 from perceiver_keras.layers.blocks import PerceiverSelfAttentionBlock
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
-from perceiver_keras.models import perceiver_presets
+from perceiver_keras.models import presets
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import validate_backbone_inputs
 
@@ -216,9 +216,9 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
     def from_preset(cls, preset, load_weights=True, **kwargs):
         """keras-hub's `from_preset`, plus DeepMind's six built-in names.
 
-        See `perceiver_keras.models.perceiver_presets`.
+        See `perceiver_keras.models.presets`.
         """
-        return perceiver_presets.from_preset(
+        return presets.from_preset(
             cls, preset, load_weights, kwargs,
             lambda p: super(PerceiverBackbone, cls).from_preset(
                 p, load_weights=load_weights, **kwargs

@@ -13,7 +13,7 @@ from perceiver_keras.layers.multimodal import PerceiverTokenInput
 from perceiver_keras.models.input_validation import as_array_like
 from perceiver_keras.models.input_validation import shapes_compatible
 from perceiver_keras.models.input_validation import dtype_kind
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
 
 MODALITIES = ("audio", "image", "label")  # sorted: the order of the tokens

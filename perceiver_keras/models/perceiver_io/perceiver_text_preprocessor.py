@@ -7,9 +7,9 @@ from keras_hub.src.utils.preset_utils import CONFIG_FILE
 from keras_hub.src.utils.preset_utils import PREPROCESSOR_CONFIG_FILE
 from keras_hub.src.utils.preset_utils import check_file_exists
 
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_tokenizer import PerceiverTokenizer
-from perceiver_keras.models.perceiver_tokenizer import load_without_backbone
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTokenizer
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import load_without_backbone
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")

@@ -3,8 +3,8 @@
 import keras
 from keras_hub.models import ImageClassifierPreprocessor
 
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_image_converter import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_image_converter import (
     PerceiverImageConverter,
 )
 

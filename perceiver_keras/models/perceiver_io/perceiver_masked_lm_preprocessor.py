@@ -6,13 +6,13 @@ from keras_hub.models import Preprocessor
 from keras_hub.src.utils.tensor_utils import convert_preprocessing_outputs_python
 from keras_hub.src.utils.tensor_utils import tf
 
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_text_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_text_preprocessor import (
     PerceiverTextPreprocessor,
 )
-from perceiver_keras.models.perceiver_tokenizer import NUM_SPECIAL_TOKENS
-from perceiver_keras.models.perceiver_tokenizer import VOCABULARY_SIZE
-from perceiver_keras.models.perceiver_tokenizer import PerceiverTokenizer
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import NUM_SPECIAL_TOKENS
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import VOCABULARY_SIZE
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTokenizer
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")

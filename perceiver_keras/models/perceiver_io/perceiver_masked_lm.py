@@ -6,13 +6,13 @@ from keras import ops
 
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
 from perceiver_keras.layers.decoders import PerceiverQueryDecoder
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
-from perceiver_keras.models.perceiver_masked_lm_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_masked_lm_preprocessor import (
     PerceiverMaskedLMPreprocessor,
 )
 from perceiver_keras.models.perceiver_task import PerceiverTask
-from perceiver_keras.models.perceiver_tokenizer import NUM_SPECIAL_TOKENS
-from perceiver_keras.models.perceiver_tokenizer import SPECIAL_TOKENS
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import NUM_SPECIAL_TOKENS
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import SPECIAL_TOKENS
 
 
 class PerceiverTiedLogits(keras.layers.Layer):

@@ -3,8 +3,8 @@
 import keras
 
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
-from perceiver_keras.models.perceiver_classifier import PerceiverClassifier
-from perceiver_keras.models.perceiver_text_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_classifier import PerceiverClassifier
+from perceiver_keras.models.perceiver_io.perceiver_text_preprocessor import (
     PerceiverTextPreprocessor,
 )
 

@@ -4,7 +4,7 @@ import keras
 
 from perceiver_keras.layers.decoders import PerceiverClassificationDecoder
 from perceiver_keras.layers.decoders import PerceiverMeanPoolDecoder
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
 
 

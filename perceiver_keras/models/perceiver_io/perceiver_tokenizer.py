@@ -14,7 +14,7 @@ from keras_hub.src.utils.tensor_utils import restore_outer_shape
 from keras_hub.src.utils.tensor_utils import tf
 from keras_hub.tokenizers import Tokenizer
 
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 
 # Ids 0..5, in the order used by DeepMind and `transformers`.
 SPECIAL_TOKENS = ("[PAD]", "[BOS]", "[EOS]", "[MASK]", "[CLS]", "[SEP]")

@@ -6,7 +6,7 @@ from keras import ops
 
 from perceiver_keras.layers.decoders import PerceiverQueryDecoder
 from perceiver_keras.layers.flow import PerceiverFlowAdapter
-from perceiver_keras.models.perceiver_backbone import PerceiverBackbone
+from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
 
 

@@ -2,9 +2,9 @@
 
 import keras
 
-from perceiver_keras.models.perceiver_classifier import PerceiverClassifier
+from perceiver_keras.models.perceiver_io.perceiver_classifier import PerceiverClassifier
 
-from perceiver_keras.models.perceiver_image_classifier_preprocessor import (
+from perceiver_keras.models.perceiver_io.perceiver_image_classifier_preprocessor import (
     PerceiverImageClassifierPreprocessor,
 )
 
@@ -23,7 +23,7 @@ class PerceiverImageClassifier(PerceiverClassifier):
     The built-in presets `perceiver_io_imagenet_learned`,
     `perceiver_io_imagenet_fourier` and `perceiver_io_imagenet_conv` are
     DeepMind's three ImageNet models (see `perceiver_keras.models.
-    perceiver_presets`).
+    presets`).
 
     Args: as `PerceiverClassifier`.
 

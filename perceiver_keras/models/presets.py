@@ -1,0 +1,184 @@
+"""Built-in presets and preset routing, shared by every model family.
+
+A built-in preset is a JSON file `presets/<family>/<name>.json` in the
+repository (installed under `<prefix>/share/perceiver_keras/presets`). It
+holds `keras_config` (the task, serialized by Keras: building the
+architecture needs no converter), the source checkpoint's own description
+(DeepMind's `deepmind_config`, which the converters read) and metadata:
+description, `params`, reported results, the checkpoint URL, and the licence
+and attribution its weights are released under. Every JSON file found there
+is a built-in name; adding a family's presets is adding its folder.
+
+Released weights are not Keras presets, so `from_preset(NAME)` resolves a
+built-in name as follows (keras-hub's own built-in mechanism expects Kaggle
+handles, so these names are not registered there):
+
+1. a locally converted copy in `$PERCEIVER_KERAS_HOME/NAME` (default
+   `~/.cache/perceiver_keras/NAME`) is loaded like any preset directory;
+2. otherwise, with `load_weights=False`, the architecture is built offline
+   from `keras_config` with random weights;
+3. otherwise a `ValueError` gives the download URL and the conversion
+   command that creates the local copy.
+
+Other sources (a transformers `hf://` name or `save_pretrained` directory)
+are handled by routes that the converters register with
+`register_preset_route`; this module imports no converter. Any other preset
+string follows keras-hub's usual path.
+"""
+
+import copy
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+
+import keras
+from keras_hub.models import Backbone
+from keras_hub.src.utils.preset_utils import TASK_CONFIG_FILE
+from keras_hub.src.utils.preset_utils import check_config_class
+from keras_hub.src.utils.preset_utils import check_file_exists
+from keras_hub.src.utils.preset_utils import load_json
+
+# Editable installs and source checkouts: `presets/` beside the package.
+# Wheels: data-files installed under `sys.prefix`.
+_SEARCH_PATH = (
+    Path(__file__).resolve().parents[2] / "presets",
+    Path(sys.prefix) / "share" / "perceiver_keras" / "presets",
+)
+
+
+@functools.lru_cache(maxsize=None)
+def _builtin_files():
+    """`{name: path}` of every built-in preset JSON (first found wins)."""
+    files = {}
+    for directory in reversed(_SEARCH_PATH):
+        for path in sorted(directory.glob("*/*.json")):
+            files[path.stem] = path
+    return files
+
+
+def builtin_names(family=None):
+    """Built-in preset names, of one family (`presets/<family>/`) or all."""
+    return sorted(
+        name for name, path in _builtin_files().items()
+        if family is None or path.parent.name == family
+    )
+
+
+def is_builtin(preset):
+    return isinstance(preset, str) and preset in _builtin_files()
+
+
+@functools.lru_cache(maxsize=None)
+def builtin_preset(name):
+    """The JSON of a built-in preset: `keras_config`, source config, metadata."""
+    if not is_builtin(name):
+        raise ValueError(
+            f"`name` must be one of {builtin_names()}. Received: {name!r}."
+        )
+    with open(_builtin_files()[name], encoding="utf-8") as f:
+        return json.load(f)
+
+
+def local_preset_dir(name):
+    """Where a converted copy of a built-in preset is looked for."""
+    home = os.environ.get("PERCEIVER_KERAS_HOME") or os.path.join(
+        "~", ".cache", "perceiver_keras"
+    )
+    return Path(home).expanduser() / name
+
+
+def _missing_weights_message(name):
+    spec = builtin_preset(name)
+    local = local_preset_dir(name)
+    return (
+        f"No converted weights for the built-in preset {name!r} at {local} "
+        "(set PERCEIVER_KERAS_HOME to look elsewhere). Convert the released "
+        "checkpoint once:\n"
+        f"  1. download {spec['checkpoint_url']}\n"
+        f"  2. {spec['convert_command'].format(output=local)}\n"
+        "Or pass load_weights=False to build the architecture with random "
+        f"weights. License: {spec['license']}. {spec['attribution']}"
+    )
+
+
+def keras_config(task):
+    """A task's `keras_config` for a built-in preset: its Keras
+    serialization as plain JSON, without compile state (tasks compile with
+    their defaults when built)."""
+    config = keras.saving.serialize_keras_object(task)
+    config.pop("compile_config", None)
+    return json.loads(json.dumps(config))
+
+
+def _build_offline(cls, name, kwargs):
+    """Builds the model of a built-in preset, randomly initialised."""
+    # A copy: deserializing replaces nested configs with objects in place.
+    task = keras.saving.deserialize_keras_object(
+        copy.deepcopy(builtin_preset(name)["keras_config"])
+    )
+    model = task.backbone if issubclass(cls, Backbone) else task
+    if not isinstance(model, cls):
+        raise ValueError(
+            f"Preset {name!r} is a {type(model).__name__}; it cannot be "
+            f"loaded as a {cls.__name__}."
+        )
+    if kwargs:  # e.g. `num_classes`: rebuild with the constructor overrides
+        model = type(model).from_config({**model.get_config(), **kwargs})
+    return model
+
+
+def saved_task_class(cls, preset):
+    """The task class a preset directory records, when `cls` is a base.
+
+    keras-hub picks a subclass by backbone class, which cannot tell tasks
+    that share a backbone class apart; `task.json` can.
+    """
+    if cls.backbone_cls is not None or not check_file_exists(
+        preset, TASK_CONFIG_FILE
+    ):
+        return cls
+    saved = check_config_class(load_json(preset, TASK_CONFIG_FILE))
+    return saved if issubclass(saved, cls) else cls
+
+
+# Routes for preset strings that are not Keras presets: `(matches, load)`
+# pairs, `matches(preset) -> bool`, `load(cls, preset, load_weights, **kw)`.
+_ROUTES = []
+# `hook(model, preset_dir) -> model`, run after a preset directory loads
+# (e.g. re-attaching a converter's side files).
+_AFTER_LOAD = []
+
+
+def register_preset_route(matches, load):
+    """Lets `from_preset` hand preset strings that `matches` to `load`."""
+    _ROUTES.append((matches, load))
+
+
+def register_after_load(hook):
+    _AFTER_LOAD.append(hook)
+
+
+def _load_directory(load_preset, preset):
+    model = load_preset(preset)
+    for hook in _AFTER_LOAD:
+        model = hook(model, preset)
+    return model
+
+
+def from_preset(cls, preset, load_weights, kwargs, load_preset):
+    """`cls.from_preset` with built-in names and registered routes;
+    `load_preset(path)` (keras-hub's `from_preset` bound to `cls`, the
+    `load_weights` and `kwargs`) otherwise."""
+    for matches, load in _ROUTES:
+        if matches(preset):
+            return load(cls, preset, load_weights, **kwargs)
+    if not is_builtin(preset):
+        return _load_directory(load_preset, preset)
+    local = local_preset_dir(preset)
+    if (local / "config.json").is_file():
+        return _load_directory(load_preset, str(local))
+    if load_weights:
+        raise ValueError(_missing_weights_message(preset))
+    return _build_offline(cls, preset, kwargs)
