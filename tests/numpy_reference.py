@@ -65,7 +65,7 @@ def attention_weights(layer):
 
 def fourier_features(index_dims, num_bands, max_resolution, concat_pos=True,
                      sine_only=False):
-    """Loop-by-loop transcription of the formula in NUMERICS.md."""
+    """Loop-by-loop transcription of the formula in docs/numerics.md."""
     grids = np.meshgrid(
         *[np.linspace(-1, 1, n) for n in index_dims], indexing="ij"
     )

@@ -22,7 +22,7 @@ arguments of the transformers class's `forward` as NumPy arrays, and the
 outputs are named after the transformers output (`logits`,
 `last_hidden_state`, or `logits/<modality>`).
 
-Where transformers computes differently from DeepMind (see NUMERICS.md), the
+Where transformers computes differently from DeepMind (docs/numerics.md), the
 model is built with the option that reproduces transformers: exact-erf GELU
 (`hidden_act="gelu"`), a query residual in every classification decoder,
 the conv stem padded 3 with an unpadded max pool, no x20 flow scale. The
