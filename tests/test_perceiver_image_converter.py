@@ -125,15 +125,15 @@ def pil_processor(image, center_crop=True):
     pytest.importorskip("transformers")
     from transformers import PerceiverImageProcessorPil
 
-    from perceiver_keras.models.perceiver_io.perceiver_image_converter import (
-        _pil_horizontal_first,
+    from perceiver_keras.models.perceiver_io.image_resampling import (
+        pil_horizontal_first,
     )
 
     height, width = image.shape[:2]
     if center_crop:
         height = width = int((224 / 256) * min(height, width))
     major = int(PIL.__version__.split(".")[0])
-    if major < 13 and not _pil_horizontal_first(height, width, 224, 224):
+    if major < 13 and not pil_horizontal_first(height, width, 224, 224):
         pytest.skip("Pillow < 13 always resizes width first; the converter "
                     "follows Pillow >= 13's pass order.")
     processor = PerceiverImageProcessorPil(do_center_crop=center_crop)
