@@ -11,38 +11,57 @@ import os
 import shutil
 import tempfile
 
+import keras
 import numpy as np
 
 
-def cross_attention_rows(prefix, block):
-    """Rows for a `PerceiverCrossAttentionBlock` in DeepMind's naming."""
+def block_layers(block):
+    """`{role: layer}` of a cross- or self-attention block: what every
+    checkpoint family stores for it, under names of its own."""
     attention = block.attention
-    return [
-        *layer_norm_rows(f"{prefix}/layer_norm", block.query_norm),
-        *layer_norm_rows(f"{prefix}/layer_norm_1", block.key_value_norm),
-        *dense_rows(f"{prefix}/attention/linear", attention.query_dense),
-        *dense_rows(f"{prefix}/attention/linear_1", attention.key_dense),
-        *dense_rows(f"{prefix}/attention/linear_2", attention.value_dense),
-        *dense_rows(f"{prefix}/attention/linear_3", attention.output_dense),
-        *layer_norm_rows(f"{prefix}/layer_norm_2", block.mlp_norm),
-        *dense_rows(f"{prefix}/mlp/linear", block.mlp.hidden_dense),
-        *dense_rows(f"{prefix}/mlp/linear_1", block.mlp.output_dense),
-    ]
+    if hasattr(block, "key_value_norm"):  # PerceiverCrossAttentionBlock
+        norms = {"query_norm": block.query_norm,
+                 "key_value_norm": block.key_value_norm}
+    else:
+        norms = {"attention_norm": block.attention_norm}
+    return {
+        **norms,
+        "query": attention.query_dense,
+        "key": attention.key_dense,
+        "value": attention.value_dense,
+        "output": attention.output_dense,
+        "mlp_norm": block.mlp_norm,
+        "mlp_hidden": block.mlp.hidden_dense,
+        "mlp_output": block.mlp.output_dense,
+    }
 
 
-def self_attention_rows(prefix, block):
-    """Rows for a `PerceiverSelfAttentionBlock` in DeepMind's naming."""
-    attention = block.attention
-    return [
-        *layer_norm_rows(f"{prefix}/layer_norm", block.attention_norm),
-        *dense_rows(f"{prefix}/attention/linear", attention.query_dense),
-        *dense_rows(f"{prefix}/attention/linear_1", attention.key_dense),
-        *dense_rows(f"{prefix}/attention/linear_2", attention.value_dense),
-        *dense_rows(f"{prefix}/attention/linear_3", attention.output_dense),
-        *layer_norm_rows(f"{prefix}/layer_norm_1", block.mlp_norm),
-        *dense_rows(f"{prefix}/mlp/linear", block.mlp.hidden_dense),
-        *dense_rows(f"{prefix}/mlp/linear_1", block.mlp.output_dense),
-    ]
+class BlockNaming:
+    """How one checkpoint family names an attention block's weights.
+
+    `names` maps each role of `block_layers` (both block kinds) to the
+    family's sub-name; `dense_rows(name, dense)` and `norm_rows(name, norm)`
+    give the family's rows for one layer; `separator` joins scopes.
+    """
+
+    def __init__(self, cross_names, self_names, dense_rows, norm_rows,
+                 separator):
+        self.cross_names, self.self_names = cross_names, self_names
+        self.dense_rows, self.norm_rows = dense_rows, norm_rows
+        self.separator = separator
+
+    def rows(self, prefix, block):
+        layers = block_layers(block)
+        names = self.cross_names if "key_value_norm" in layers else (
+            self.self_names)
+        rows = []
+        for role, layer in layers.items():
+            name = f"{prefix}{self.separator}{names[role]}"
+            if isinstance(layer, keras.layers.LayerNormalization):
+                rows += self.norm_rows(name, layer)
+            else:
+                rows += self.dense_rows(name, layer)
+        return rows
 
 
 def dense_rows(prefix, dense):
@@ -58,6 +77,63 @@ def layer_norm_rows(prefix, norm):
         (f"{prefix}/scale", norm.gamma, None),
         (f"{prefix}/offset", norm.beta, None),
     ]
+
+
+_HAIKU_ATTENTION = {
+    "query": "attention/linear", "key": "attention/linear_1",
+    "value": "attention/linear_2", "output": "attention/linear_3",
+    "mlp_hidden": "mlp/linear", "mlp_output": "mlp/linear_1",
+}
+# DeepMind's Haiku modules (`CrossAttention`, `SelfAttention`).
+HAIKU_BLOCKS = BlockNaming(
+    cross_names={"query_norm": "layer_norm", "key_value_norm": "layer_norm_1",
+                 "mlp_norm": "layer_norm_2", **_HAIKU_ATTENTION},
+    self_names={"attention_norm": "layer_norm", "mlp_norm": "layer_norm_1",
+                **_HAIKU_ATTENTION},
+    dense_rows=dense_rows, norm_rows=layer_norm_rows, separator="/",
+)
+
+
+def cross_attention_rows(prefix, block):
+    """Rows for a `PerceiverCrossAttentionBlock` in DeepMind's naming."""
+    return HAIKU_BLOCKS.rows(prefix, block)
+
+
+def self_attention_rows(prefix, block):
+    """Rows for a `PerceiverSelfAttentionBlock` in DeepMind's naming."""
+    return HAIKU_BLOCKS.rows(prefix, block)
+
+
+def backbone_options(config, table, shape_for_attention_key, **fixed):
+    """`PerceiverBackbone` arguments from one source's encoder config.
+
+    `table` maps backbone arguments (plus `qk_channels`, `v_channels`) to
+    `(source key, source default)`; `fixed` are set as given. Both sources
+    pass `qk_channels`/`v_channels` to the cross-attention and every
+    self-attention alike; with shape-for-attention `"q"` the
+    cross-attention's default query/key width is the latent width instead
+    of the input width.
+    """
+    options = {arg: config.get(key, default)
+               for arg, (key, default) in table.items()}
+    shape_for_attention = config.get(shape_for_attention_key, "kv")
+    if shape_for_attention not in ("kv", "q"):
+        raise ValueError(
+            f"`{shape_for_attention_key}` must be one of ['kv', 'q'] to "
+            f"convert. Received: {shape_for_attention!r}."
+        )
+    qk, v = options.pop("qk_channels"), options.pop("v_channels")
+    cross_qk = qk
+    if qk is None and shape_for_attention == "q":
+        cross_qk = options["latent_dim"]
+    return dict(
+        options,
+        cross_attention_qk_channels=cross_qk,
+        cross_attention_v_channels=v,
+        self_attention_qk_channels=qk,
+        self_attention_v_channels=v,
+        **fixed,
+    )
 
 
 def assign_weights(model, rows, checkpoint):

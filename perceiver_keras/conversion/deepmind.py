@@ -21,6 +21,9 @@ import json
 import os
 
 from perceiver_keras.conversion.common import assign_weights
+from perceiver_keras.conversion.common import (
+    backbone_options as common_backbone_options,
+)
 from perceiver_keras.conversion.common import cross_attention_rows
 from perceiver_keras.conversion.common import dense_rows
 from perceiver_keras.conversion.common import save_preset_atomically
@@ -183,39 +186,30 @@ def encoder_scope(encoder_config):
     return encoder_config.get("name", "perceiver_encoder")
 
 
-def backbone_options(encoder_config):
-    """`PerceiverBackbone` arguments for DeepMind's `PerceiverEncoder(**cfg)`.
+# `PerceiverBackbone` argument -> (`PerceiverEncoder` argument, its default).
+ENCODER_OPTIONS = {
+    "num_latents": ("z_index_dim", 512),
+    "latent_dim": ("num_z_channels", 1024),
+    "num_blocks": ("num_blocks", 8),
+    "num_self_attends_per_block": ("num_self_attends_per_block", 6),
+    "num_cross_attend_heads": ("num_cross_attend_heads", 1),
+    "num_self_attend_heads": ("num_self_attend_heads", 8),
+    "cross_attend_widening_factor": ("cross_attend_widening_factor", 1),
+    "self_attend_widening_factor": ("self_attend_widening_factor", 1),
+    "qk_channels": ("qk_channels", None),
+    "v_channels": ("v_channels", None),
+    "use_query_residual": ("use_query_residual", True),
+    "dropout": ("dropout_prob", 0.0),
+    "latent_init_scale": ("z_pos_enc_init_scale", 0.02),
+}
 
-    Defaults are DeepMind's. DeepMind passes `qk_channels`/`v_channels` to
-    the cross-attention and to every self-attention alike. Its GELU is the
-    tanh approximation.
-    """
+
+def backbone_options(encoder_config):
+    """`PerceiverBackbone` arguments for DeepMind's `PerceiverEncoder(**cfg)`
+    (DeepMind's defaults; its GELU is the tanh approximation)."""
     check_keys(encoder_config, ENCODER_KEYS, "encoder")
-    cfg = encoder_config
-    latent_dim = cfg.get("num_z_channels", 1024)
-    qk, v = cfg.get("qk_channels"), cfg.get("v_channels")
-    shape_for_attn = require(
-        cfg, "cross_attention_shape_for_attn", ("kv", "q"), "encoder"
-    )
-    cross_qk = qk
-    if qk is None and shape_for_attn == "q":
-        cross_qk = latent_dim
-    return dict(
-        num_latents=cfg.get("z_index_dim", 512),
-        latent_dim=latent_dim,
-        num_blocks=cfg.get("num_blocks", 8),
-        num_self_attends_per_block=cfg.get("num_self_attends_per_block", 6),
-        num_cross_attend_heads=cfg.get("num_cross_attend_heads", 1),
-        num_self_attend_heads=cfg.get("num_self_attend_heads", 8),
-        cross_attend_widening_factor=cfg.get("cross_attend_widening_factor", 1),
-        self_attend_widening_factor=cfg.get("self_attend_widening_factor", 1),
-        cross_attention_qk_channels=cross_qk,
-        cross_attention_v_channels=v,
-        self_attention_qk_channels=qk,
-        self_attention_v_channels=v,
-        use_query_residual=cfg.get("use_query_residual", True),
-        dropout=cfg.get("dropout_prob", 0.0),
-        latent_init_scale=cfg.get("z_pos_enc_init_scale", 0.02),
+    return common_backbone_options(
+        encoder_config, ENCODER_OPTIONS, "cross_attention_shape_for_attn",
         gelu_approximate=True,
     )
 

@@ -7,9 +7,13 @@ transposed for Keras; convolution kernels `[out, in, kh, kw]`, moved to
 HWIO); `task_on_backbone` builds another task on a converted encoder.
 """
 
+from perceiver_keras.conversion.common import BlockNaming
+from perceiver_keras.conversion.common import (
+    backbone_options as common_backbone_options,
+)
+
 # transformers' `hidden_act` -> `gelu_approximate` of our blocks.
 GELU_ACTIVATIONS = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
-SHAPES_FOR_ATTENTION = ("kv", "q")
 
 
 def transpose(weight):
@@ -45,44 +49,31 @@ def batch_norm_rows(prefix, norm):
     ]
 
 
-def _attention_rows(prefix, attention):
-    return [
-        *linear_rows(f"{prefix}.attention.self.query", attention.query_dense),
-        *linear_rows(f"{prefix}.attention.self.key", attention.key_dense),
-        *linear_rows(f"{prefix}.attention.self.value", attention.value_dense),
-        *linear_rows(f"{prefix}.attention.output.dense",
-                     attention.output_dense),
-    ]
-
-
-def _mlp_rows(prefix, block):
-    return [
-        *layer_norm_rows(f"{prefix}.layernorm", block.mlp_norm),
-        *linear_rows(f"{prefix}.mlp.dense1", block.mlp.hidden_dense),
-        *linear_rows(f"{prefix}.mlp.dense2", block.mlp.output_dense),
-    ]
+_HF_ATTENTION = {
+    "query": "attention.self.query", "key": "attention.self.key",
+    "value": "attention.self.value", "output": "attention.output.dense",
+    "mlp_norm": "layernorm", "mlp_hidden": "mlp.dense1",
+    "mlp_output": "mlp.dense2",
+}
+# Both blocks are transformers' `PerceiverLayer`.
+HF_BLOCKS = BlockNaming(
+    cross_names={"query_norm": "attention.self.layernorm1",
+                 "key_value_norm": "attention.self.layernorm2",
+                 **_HF_ATTENTION},
+    self_names={"attention_norm": "attention.self.layernorm1",
+                **_HF_ATTENTION},
+    dense_rows=linear_rows, norm_rows=layer_norm_rows, separator=".",
+)
 
 
 def cross_attention_rows(prefix, block):
     """A `PerceiverCrossAttentionBlock` as transformers' `PerceiverLayer`."""
-    return [
-        *layer_norm_rows(f"{prefix}.attention.self.layernorm1",
-                         block.query_norm),
-        *layer_norm_rows(f"{prefix}.attention.self.layernorm2",
-                         block.key_value_norm),
-        *_attention_rows(prefix, block.attention),
-        *_mlp_rows(prefix, block),
-    ]
+    return HF_BLOCKS.rows(prefix, block)
 
 
 def self_attention_rows(prefix, block):
     """A `PerceiverSelfAttentionBlock` as transformers' `PerceiverLayer`."""
-    return [
-        *layer_norm_rows(f"{prefix}.attention.self.layernorm1",
-                         block.attention_norm),
-        *_attention_rows(prefix, block.attention),
-        *_mlp_rows(prefix, block),
-    ]
+    return HF_BLOCKS.rows(prefix, block)
 
 
 def encoder_rows(backbone, prefix):
@@ -112,48 +103,33 @@ def gelu_approximate(config):
     return GELU_ACTIVATIONS[act]
 
 
+# `PerceiverBackbone` argument -> (`PerceiverConfig` field, its default).
+ENCODER_OPTIONS = {
+    "num_latents": ("num_latents", 256),
+    "latent_dim": ("d_latents", 1280),
+    "num_blocks": ("num_blocks", 1),
+    "num_self_attends_per_block": ("num_self_attends_per_block", 26),
+    "num_cross_attend_heads": ("num_cross_attention_heads", 8),
+    "num_self_attend_heads": ("num_self_attention_heads", 8),
+    "cross_attend_widening_factor": ("cross_attention_widening_factor", 1),
+    "self_attend_widening_factor": ("self_attention_widening_factor", 1),
+    "qk_channels": ("qk_channels", None),
+    "v_channels": ("v_channels", None),
+    "use_query_residual": ("use_query_residual", True),
+    "attention_dropout": ("attention_probs_dropout_prob", 0.1),
+    "latent_init_scale": ("initializer_range", 0.02),
+}
+
+
 def backbone_options(config):
     """`PerceiverBackbone` arguments for `PerceiverModel(config)`'s encoder.
 
-    Defaults are `PerceiverConfig`'s. transformers passes `qk_channels` and
-    `v_channels` to the cross-attention and every self-attention alike; with
-    `cross_attention_shape_for_attention="q"` the cross-attention's default
-    query/key width is the latent width instead of the input width.
-    `layer_norm_eps` is not used by transformers (its LayerNorms keep
-    torch's 1e-5, as ours).
+    Defaults are `PerceiverConfig`'s. `layer_norm_eps` is not used by
+    transformers (its LayerNorms keep torch's 1e-5, as ours).
     """
-    shape_for_attention = config.get("cross_attention_shape_for_attention",
-                                     "kv")
-    if shape_for_attention not in SHAPES_FOR_ATTENTION:
-        raise ValueError(
-            "`cross_attention_shape_for_attention` must be one of "
-            f"{list(SHAPES_FOR_ATTENTION)}. Received: {shape_for_attention!r}."
-        )
-    latent_dim = config.get("d_latents", 1280)
-    qk, v = config.get("qk_channels"), config.get("v_channels")
-    cross_qk = qk
-    if qk is None and shape_for_attention == "q":
-        cross_qk = latent_dim
-    return dict(
-        num_latents=config.get("num_latents", 256),
-        latent_dim=latent_dim,
-        num_blocks=config.get("num_blocks", 1),
-        num_self_attends_per_block=config.get("num_self_attends_per_block",
-                                              26),
-        num_cross_attend_heads=config.get("num_cross_attention_heads", 8),
-        num_self_attend_heads=config.get("num_self_attention_heads", 8),
-        cross_attend_widening_factor=config.get(
-            "cross_attention_widening_factor", 1),
-        self_attend_widening_factor=config.get(
-            "self_attention_widening_factor", 1),
-        cross_attention_qk_channels=cross_qk,
-        cross_attention_v_channels=v,
-        self_attention_qk_channels=qk,
-        self_attention_v_channels=v,
-        use_query_residual=config.get("use_query_residual", True),
-        attention_dropout=config.get("attention_probs_dropout_prob", 0.1),
+    return common_backbone_options(
+        config, ENCODER_OPTIONS, "cross_attention_shape_for_attention",
         gelu_approximate=gelu_approximate(config),
-        latent_init_scale=config.get("initializer_range", 0.02),
     )
 
 
