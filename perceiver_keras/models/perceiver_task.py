@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras_hub.models import Task
 
+from perceiver_keras.layers.decoders import PerceiverQueryDecoder
 from perceiver_keras.models import presets
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import is_array_data
@@ -87,8 +88,83 @@ class _PreprocessedBatches(keras.utils.PyDataset):
         self.dataset.on_epoch_end()
 
 
+# The query decoder's cross-attention options, taken by every task with a
+# query decoder as `decoder_<option>` constructor arguments.
+DECODER_ATTENTION_OPTIONS = (
+    "num_heads", "qk_channels", "v_channels", "use_query_residual",
+)
+
+
+def query_decoder(backbone, arguments, cls=PerceiverQueryDecoder, **options):
+    """A task's decoder: `cls` with the `decoder_*` attention options found
+    in `arguments` (the task constructor's `locals()`), the backbone's GELU
+    variant and dtype policy, and `options`."""
+    attention = {
+        option: arguments[f"decoder_{option}"]
+        for option in DECODER_ATTENTION_OPTIONS
+    }
+    return cls(
+        **attention,
+        **options,
+        gelu_approximate=backbone.gelu_approximate,
+        dtype=backbone.dtype_policy,
+        name="decoder",
+    )
+
+
 class PerceiverTask(ValidatedInputsMixin, Task):
-    """Base of the Perceiver tasks (not used directly)."""
+    """Base of the Perceiver tasks (not used directly).
+
+    A task declares, instead of re-typing them:
+    - `config_arguments`: its constructor arguments besides `backbone` and
+      `preprocessor`; the constructor ends with `self._store_config(locals())`
+      and `get_config` returns them (layers and activations serialized);
+    - its `compile()` defaults: `default_learning_rate` (Adam),
+      `default_loss()`, `default_metrics()` and `default_weighted_metrics()`.
+    """
+
+    config_arguments = ()
+    default_learning_rate = 1e-3
+
+    def default_loss(self):
+        return None
+
+    def default_metrics(self):
+        return None
+
+    def default_weighted_metrics(self):
+        return None
+
+    def compile(self, optimizer="auto", loss="auto", *, metrics="auto",
+                weighted_metrics="auto", **kwargs):
+        """keras' `compile`; "auto" takes the task's defaults (Adam at
+        `default_learning_rate`, `default_loss()`, `default_metrics()`,
+        `default_weighted_metrics()`)."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(self.default_learning_rate)
+        if loss == "auto":
+            loss = self.default_loss()
+        if metrics == "auto":
+            metrics = self.default_metrics()
+        if weighted_metrics == "auto":
+            weighted_metrics = self.default_weighted_metrics()
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
+                        weighted_metrics=weighted_metrics, **kwargs)
+
+    def _store_config(self, arguments):
+        for name in self.config_arguments:
+            setattr(self, name, arguments[name])
+
+    def get_config(self):
+        config = super().get_config()
+        for name in self.config_arguments:
+            value = getattr(self, name)
+            if isinstance(value, keras.layers.Layer):
+                value = keras.layers.serialize(value)
+            elif callable(value):  # an activation
+                value = keras.activations.serialize(value)
+            config[name] = value
+        return config
 
     def validate_inputs(self, inputs):
         return validate_backbone_inputs(self.backbone, inputs)

@@ -6,6 +6,7 @@ from perceiver_keras.layers.decoders import PerceiverClassificationDecoder
 from perceiver_keras.layers.decoders import PerceiverMeanPoolDecoder
 from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
+from perceiver_keras.models.perceiver_task import query_decoder
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -39,6 +40,11 @@ class PerceiverClassifier(PerceiverTask):
 
     backbone_cls = PerceiverBackbone
     preprocessor_cls = None
+    config_arguments = (
+        "num_classes", "pooling", "decoder_num_heads", "decoder_qk_channels",
+        "decoder_v_channels", "decoder_query_channels",
+        "decoder_use_query_residual", "activation",
+    )
 
     def __init__(
         self,
@@ -61,20 +67,14 @@ class PerceiverClassifier(PerceiverTask):
             )
         # === Layers ===
         # Set first: `Task.__init__` compiles, and the loss depends on it.
-        self.activation = keras.activations.get(activation)
+        activation = keras.activations.get(activation)
+        self.activation = activation
         self.backbone = backbone
         self.preprocessor = preprocessor
         if pooling == "query":
-            self.decoder = PerceiverClassificationDecoder(
-                num_classes,
-                query_channels=decoder_query_channels,
-                num_heads=decoder_num_heads,
-                qk_channels=decoder_qk_channels,
-                v_channels=decoder_v_channels,
-                use_query_residual=decoder_use_query_residual,
-                gelu_approximate=backbone.gelu_approximate,
-                dtype=backbone.dtype_policy,
-                name="decoder",
+            self.decoder = query_decoder(
+                backbone, locals(), cls=PerceiverClassificationDecoder,
+                num_classes=num_classes, query_channels=decoder_query_channels,
             )
         else:
             self.decoder = PerceiverMeanPoolDecoder(
@@ -91,39 +91,11 @@ class PerceiverClassifier(PerceiverTask):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.num_classes = num_classes
-        self.pooling = pooling
-        self.decoder_num_heads = decoder_num_heads
-        self.decoder_qk_channels = decoder_qk_channels
-        self.decoder_v_channels = decoder_v_channels
-        self.decoder_query_channels = decoder_query_channels
-        self.decoder_use_query_residual = decoder_use_query_residual
+        self._store_config(locals())
 
-    def compile(self, optimizer="auto", loss="auto", *, metrics="auto",
-                **kwargs):
-        """Defaults: Adam(1e-3), sparse categorical cross-entropy, accuracy."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-3)
-        if loss == "auto":
-            from_logits = self.activation != keras.activations.softmax
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits)
-        if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy("accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **kwargs)
+    def default_loss(self):
+        from_logits = self.activation != keras.activations.softmax
+        return keras.losses.SparseCategoricalCrossentropy(from_logits)
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_classes": self.num_classes,
-                "pooling": self.pooling,
-                "decoder_num_heads": self.decoder_num_heads,
-                "decoder_qk_channels": self.decoder_qk_channels,
-                "decoder_v_channels": self.decoder_v_channels,
-                "decoder_query_channels": self.decoder_query_channels,
-                "decoder_use_query_residual": self.decoder_use_query_residual,
-                "activation": keras.activations.serialize(self.activation),
-            }
-        )
-        return config
+    def default_metrics(self):
+        return [keras.metrics.SparseCategoricalAccuracy("accuracy")]

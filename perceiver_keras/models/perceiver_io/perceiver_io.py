@@ -2,9 +2,9 @@
 
 import keras
 
-from perceiver_keras.layers.decoders import PerceiverQueryDecoder
 from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
+from perceiver_keras.models.perceiver_task import query_decoder
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -32,6 +32,12 @@ class PerceiverIO(PerceiverTask):
 
     backbone_cls = PerceiverBackbone
     preprocessor_cls = None
+    config_arguments = (
+        "output_index_dims", "output_channels", "query_encoding",
+        "query_channels", "num_bands", "max_resolution", "decoder_num_heads",
+        "decoder_qk_channels", "decoder_v_channels",
+        "decoder_use_query_residual", "activation",
+    )
 
     def __init__(
         self,
@@ -52,23 +58,15 @@ class PerceiverIO(PerceiverTask):
     ):
         # === Layers ===
         # Set first: `Task.__init__` compiles, and the loss depends on it.
-        self.activation = keras.activations.get(activation)
+        activation = keras.activations.get(activation)
+        self.activation = activation
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.decoder = PerceiverQueryDecoder(
-            output_index_dims=output_index_dims,
-            query_encoding=query_encoding,
-            query_channels=query_channels,
-            num_bands=num_bands,
-            max_resolution=max_resolution,
+        self.decoder = query_decoder(
+            backbone, locals(), output_index_dims=output_index_dims,
+            query_encoding=query_encoding, query_channels=query_channels,
+            num_bands=num_bands, max_resolution=max_resolution,
             output_channels=output_channels,
-            num_heads=decoder_num_heads,
-            qk_channels=decoder_qk_channels,
-            v_channels=decoder_v_channels,
-            use_query_residual=decoder_use_query_residual,
-            gelu_approximate=backbone.gelu_approximate,
-            dtype=backbone.dtype_policy,
-            name="decoder",
         )
         self.output_activation = keras.layers.Activation(
             activation, dtype=backbone.dtype_policy, name="activation"
@@ -80,44 +78,11 @@ class PerceiverIO(PerceiverTask):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.output_index_dims = tuple(output_index_dims)
-        self.output_channels = output_channels
-        self.query_encoding = query_encoding
-        self.query_channels = query_channels
-        self.num_bands = num_bands
-        self.max_resolution = max_resolution
-        self.decoder_num_heads = decoder_num_heads
-        self.decoder_qk_channels = decoder_qk_channels
-        self.decoder_v_channels = decoder_v_channels
-        self.decoder_use_query_residual = decoder_use_query_residual
+        output_index_dims = tuple(output_index_dims)
+        self._store_config(locals())
 
-    def compile(self, optimizer="auto", loss="auto", *, metrics="auto",
-                **kwargs):
-        """Defaults: Adam(1e-3), mean squared error, mean absolute error."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-3)
-        if loss == "auto":
-            loss = keras.losses.MeanSquaredError()
-        if metrics == "auto":
-            metrics = [keras.metrics.MeanAbsoluteError()]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **kwargs)
+    def default_loss(self):
+        return keras.losses.MeanSquaredError()
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "output_index_dims": self.output_index_dims,
-                "output_channels": self.output_channels,
-                "query_encoding": self.query_encoding,
-                "query_channels": self.query_channels,
-                "num_bands": self.num_bands,
-                "max_resolution": self.max_resolution,
-                "decoder_num_heads": self.decoder_num_heads,
-                "decoder_qk_channels": self.decoder_qk_channels,
-                "decoder_v_channels": self.decoder_v_channels,
-                "decoder_use_query_residual": self.decoder_use_query_residual,
-                "activation": keras.activations.serialize(self.activation),
-            }
-        )
-        return config
+    def default_metrics(self):
+        return [keras.metrics.MeanAbsoluteError()]

@@ -5,12 +5,12 @@ import numpy as np
 from keras import ops
 
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
-from perceiver_keras.layers.decoders import PerceiverQueryDecoder
 from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_io.perceiver_masked_lm_preprocessor import (
     PerceiverMaskedLMPreprocessor,
 )
 from perceiver_keras.models.perceiver_task import PerceiverTask
+from perceiver_keras.models.perceiver_task import query_decoder
 from perceiver_keras.models.perceiver_io.perceiver_tokenizer import NUM_SPECIAL_TOKENS
 from perceiver_keras.models.perceiver_io.perceiver_tokenizer import SPECIAL_TOKENS
 
@@ -83,6 +83,12 @@ class PerceiverMaskedLM(PerceiverTask):
 
     backbone_cls = PerceiverBackbone
     preprocessor_cls = PerceiverMaskedLMPreprocessor
+    config_arguments = (
+        "decoder_num_heads", "decoder_qk_channels", "decoder_v_channels",
+        "decoder_query_channels", "decoder_use_query_residual",
+        "decoder_output_channels", "decoder_query_mask",
+    )
+    default_learning_rate = 1e-4
 
     def __init__(
         self,
@@ -107,18 +113,12 @@ class PerceiverMaskedLM(PerceiverTask):
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.decoder = PerceiverQueryDecoder(
+        self.decoder = query_decoder(
+            backbone, locals(),
             output_index_dims=(adapter.max_sequence_length,),
             query_encoding="trainable",
             query_channels=decoder_query_channels or adapter.hidden_dim,
             output_channels=decoder_output_channels,
-            num_heads=decoder_num_heads,
-            qk_channels=decoder_qk_channels,
-            v_channels=decoder_v_channels,
-            use_query_residual=decoder_use_query_residual,
-            gelu_approximate=backbone.gelu_approximate,
-            dtype=backbone.dtype_policy,
-            name="decoder",
         )
         self.logits = PerceiverTiedLogits(
             adapter.token_embedding, dtype=backbone.dtype_policy, name="logits"
@@ -132,34 +132,18 @@ class PerceiverMaskedLM(PerceiverTask):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.decoder_num_heads = decoder_num_heads
-        self.decoder_qk_channels = decoder_qk_channels
-        self.decoder_v_channels = decoder_v_channels
-        self.decoder_query_channels = decoder_query_channels
-        self.decoder_use_query_residual = decoder_use_query_residual
-        self.decoder_output_channels = decoder_output_channels
-        self.decoder_query_mask = decoder_query_mask
+        self._store_config(locals())
 
     @property
     def sequence_length(self):
         return self.backbone.input_adapter.max_sequence_length
 
-    def compile(self, optimizer="auto", loss="auto", *, weighted_metrics="auto",
-                **kwargs):
-        """Defaults: Adam(1e-4), cross-entropy on logits, masked accuracy.
+    def default_loss(self):
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
-        The preprocessor weights the loss by the masked positions.
-        """
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-4)
-        if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        if weighted_metrics == "auto":
-            weighted_metrics = [
-                keras.metrics.SparseCategoricalAccuracy("accuracy")
-            ]
-        super().compile(optimizer=optimizer, loss=loss,
-                        weighted_metrics=weighted_metrics, **kwargs)
+    def default_weighted_metrics(self):
+        # The preprocessor weights the loss and accuracy by masked positions.
+        return [keras.metrics.SparseCategoricalAccuracy("accuracy")]
 
     def fill_mask(self, text, mask_token="[MASK]"):
         """Replaces each `mask_token` in `text` with the predicted byte.
@@ -222,18 +206,3 @@ class PerceiverMaskedLM(PerceiverTask):
             for ids, keep in zip(filled, padding_mask)
         ]
         return results if batched else results[0]
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "decoder_num_heads": self.decoder_num_heads,
-                "decoder_qk_channels": self.decoder_qk_channels,
-                "decoder_v_channels": self.decoder_v_channels,
-                "decoder_query_channels": self.decoder_query_channels,
-                "decoder_use_query_residual": self.decoder_use_query_residual,
-                "decoder_output_channels": self.decoder_output_channels,
-                "decoder_query_mask": self.decoder_query_mask,
-            }
-        )
-        return config

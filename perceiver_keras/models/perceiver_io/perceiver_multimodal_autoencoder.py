@@ -6,7 +6,6 @@ import keras
 import numpy as np
 from keras import ops
 
-from perceiver_keras.layers.decoders import PerceiverQueryDecoder
 from perceiver_keras.layers.multimodal import PerceiverMultimodalAdapter
 from perceiver_keras.layers.multimodal import PerceiverMultimodalQueries
 from perceiver_keras.layers.multimodal import PerceiverTokenInput
@@ -15,6 +14,7 @@ from perceiver_keras.models.input_validation import shapes_compatible
 from perceiver_keras.models.input_validation import dtype_kind
 from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
+from perceiver_keras.models.perceiver_task import query_decoder
 
 MODALITIES = ("audio", "image", "label")  # sorted: the order of the tokens
 
@@ -65,6 +65,13 @@ class PerceiverMultimodalAutoencoder(PerceiverTask):
 
     backbone_cls = PerceiverBackbone
     preprocessor_cls = None
+    config_arguments = (
+        "input_adapter", "decoder_queries", "inputs_shape",
+        "image_output_channels", "decoder_output_channels",
+        "decoder_num_heads", "decoder_qk_channels", "decoder_v_channels",
+        "decoder_use_query_residual",
+    )
+    default_learning_rate = 1e-4
 
     def __init__(
         self,
@@ -93,16 +100,9 @@ class PerceiverMultimodalAutoencoder(PerceiverTask):
         self.preprocessor = preprocessor
         self.input_adapter = input_adapter
         self.decoder_queries = decoder_queries
-        self.decoder = PerceiverQueryDecoder(
-            query_encoding=None,
+        self.decoder = query_decoder(
+            backbone, locals(), query_encoding=None,
             output_channels=decoder_output_channels,
-            num_heads=decoder_num_heads,
-            qk_channels=decoder_qk_channels,
-            v_channels=decoder_v_channels,
-            use_query_residual=decoder_use_query_residual,
-            gelu_approximate=backbone.gelu_approximate,
-            dtype=dtype,
-            name="decoder",
         )
         audio_adapter = input_adapter.modalities["audio"]
         self.audio_head = keras.layers.Dense(
@@ -136,13 +136,7 @@ class PerceiverMultimodalAutoencoder(PerceiverTask):
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
-        self.inputs_shape = inputs_shape
-        self.image_output_channels = image_output_channels
-        self.decoder_output_channels = decoder_output_channels
-        self.decoder_num_heads = decoder_num_heads
-        self.decoder_qk_channels = decoder_qk_channels
-        self.decoder_v_channels = decoder_v_channels
-        self.decoder_use_query_residual = decoder_use_query_residual
+        self._store_config(locals())
 
     def _postprocess(self, decoded, num_queries):
         """Splits `[B, O, D]` by modality (sorted order) and applies heads.
@@ -273,44 +267,13 @@ class PerceiverMultimodalAutoencoder(PerceiverTask):
                 )
         return inputs
 
-    def compile(self, optimizer="auto", loss="auto", *, metrics="auto",
-                **kwargs):
-        """Defaults: Adam(1e-4); L1 for image and audio, cross-entropy for
-        the label logits (DeepMind's training losses)."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-4)
-        if loss == "auto":
-            loss = {
-                "image": keras.losses.MeanAbsoluteError(),
-                "audio": keras.losses.MeanAbsoluteError(),
-                "label": keras.losses.CategoricalCrossentropy(from_logits=True),
-            }
-        if metrics == "auto":
-            metrics = None
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **kwargs)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "input_adapter": keras.layers.serialize(self.input_adapter),
-                "decoder_queries": keras.layers.serialize(
-                    self.decoder_queries
-                ),
-                "inputs_shape": {
-                    name: list(shape)
-                    for name, shape in self.inputs_shape.items()
-                },
-                "image_output_channels": self.image_output_channels,
-                "decoder_output_channels": self.decoder_output_channels,
-                "decoder_num_heads": self.decoder_num_heads,
-                "decoder_qk_channels": self.decoder_qk_channels,
-                "decoder_v_channels": self.decoder_v_channels,
-                "decoder_use_query_residual": self.decoder_use_query_residual,
-            }
-        )
-        return config
+    def default_loss(self):
+        # DeepMind's training losses.
+        return {
+            "image": keras.losses.MeanAbsoluteError(),
+            "audio": keras.losses.MeanAbsoluteError(),
+            "label": keras.losses.CategoricalCrossentropy(from_logits=True),
+        }
 
 
 def _check_inputs_shape(inputs_shape):

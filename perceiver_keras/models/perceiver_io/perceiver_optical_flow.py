@@ -4,10 +4,10 @@ import keras
 import numpy as np
 from keras import ops
 
-from perceiver_keras.layers.decoders import PerceiverQueryDecoder
 from perceiver_keras.layers.flow import PerceiverFlowAdapter
 from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
+from perceiver_keras.models.perceiver_task import query_decoder
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -40,6 +40,12 @@ class PerceiverOpticalFlow(PerceiverTask):
 
     backbone_cls = PerceiverBackbone
     preprocessor_cls = None
+    config_arguments = (
+        "output_channels", "rescale_factor", "flow_scale_factor",
+        "decoder_num_heads", "decoder_qk_channels", "decoder_v_channels",
+        "decoder_use_query_residual",
+    )
+    default_learning_rate = 1e-4
 
     def __init__(
         self,
@@ -62,16 +68,9 @@ class PerceiverOpticalFlow(PerceiverTask):
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.decoder = PerceiverQueryDecoder(
-            query_encoding=None,
+        self.decoder = query_decoder(
+            backbone, locals(), query_encoding=None,
             output_channels=output_channels,
-            num_heads=decoder_num_heads,
-            qk_channels=decoder_qk_channels,
-            v_channels=decoder_v_channels,
-            use_query_residual=decoder_use_query_residual,
-            gelu_approximate=backbone.gelu_approximate,
-            dtype=backbone.dtype_policy,
-            name="decoder",
         )
 
         # === Functional model ===
@@ -87,13 +86,7 @@ class PerceiverOpticalFlow(PerceiverTask):
         super().__init__(inputs=inputs, outputs=flow, **kwargs)
 
         # === Config ===
-        self.output_channels = output_channels
-        self.rescale_factor = rescale_factor
-        self.flow_scale_factor = flow_scale_factor
-        self.decoder_num_heads = decoder_num_heads
-        self.decoder_qk_channels = decoder_qk_channels
-        self.decoder_v_channels = decoder_v_channels
-        self.decoder_use_query_residual = decoder_use_query_residual
+        self._store_config(locals())
 
     @property
     def window_size(self):
@@ -148,32 +141,11 @@ class PerceiverOpticalFlow(PerceiverTask):
         )
         return stitch_windows(flows, origins, (height, width))
 
-    def compile(self, optimizer="auto", loss="auto", *, metrics="auto",
-                **kwargs):
-        """Defaults: Adam(1e-4), mean squared error, mean absolute error."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-4)
-        if loss == "auto":
-            loss = keras.losses.MeanSquaredError()
-        if metrics == "auto":
-            metrics = [keras.metrics.MeanAbsoluteError()]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
-                        **kwargs)
+    def default_loss(self):
+        return keras.losses.MeanSquaredError()
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "output_channels": self.output_channels,
-                "rescale_factor": self.rescale_factor,
-                "flow_scale_factor": self.flow_scale_factor,
-                "decoder_num_heads": self.decoder_num_heads,
-                "decoder_qk_channels": self.decoder_qk_channels,
-                "decoder_v_channels": self.decoder_v_channels,
-                "decoder_use_query_residual": self.decoder_use_query_residual,
-            }
-        )
-        return config
+    def default_metrics(self):
+        return [keras.metrics.MeanAbsoluteError()]
 
 
 def window_origins(frame_size, window_size, min_overlap=20):
