@@ -1,5 +1,9 @@
 """Perceiver and Perceiver IO for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
+from perceiver_keras._quiet_tensorflow import import_tensorflow_quietly
+
+import_tensorflow_quietly()
+
 from perceiver_keras.layers import *  # noqa: F401,F403
 from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_io.perceiver_classifier import PerceiverClassifier

@@ -5,8 +5,9 @@
 # With PARALLEL=1 the backends run side by side: each run is mostly
 # single-threaded Python and compilation, so on 2 cores three at once take
 # about half as long as one after another. Each backend gets its own log
-# and pytest temp directory under .test-logs/, and its report is printed
-# once all have ended.
+# and pytest temp directory under .test-logs/; its output is shown as it
+# runs, each line prefixed with [backend], and once all have ended the
+# full log of each failed backend and the last line of each passed one.
 set -u
 python=$1 backends=$2
 shift 2
@@ -21,7 +22,8 @@ run() {  # run BACKEND: pytest on one backend, exit status to $logs/BACKEND.rc
 
 for backend in $backends; do
   if [ "${PARALLEL:-1}" = 1 ]; then
-    run "$backend" "$@" > "$logs/$backend.log" 2>&1 &
+    run "$backend" "$@" 2>&1 | tee "$logs/$backend.log" \
+      | sed -u "s/^/[$backend] /" &
   else
     echo "=== KERAS_BACKEND=$backend"
     run "$backend" "$@"
@@ -31,10 +33,12 @@ wait
 
 status=0
 for backend in $backends; do
+  rc=$(cat "$logs/$backend.rc")
   if [ "${PARALLEL:-1}" = 1 ]; then
-    echo "=== KERAS_BACKEND=$backend"
-    cat "$logs/$backend.log"
+    echo "=== KERAS_BACKEND=$backend (log: $logs/$backend.log)"
+    if [ "$rc" = 0 ]; then tail -n 1 "$logs/$backend.log"
+    else cat "$logs/$backend.log"; fi
   fi
-  [ "$(cat "$logs/$backend.rc")" = 0 ] || status=1
+  [ "$rc" = 0 ] || status=1
 done
 exit $status

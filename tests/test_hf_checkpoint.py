@@ -204,3 +204,29 @@ def test_index_naming_a_bad_shard_is_refused(tmp_path, shard):
         json.dump({"weight_map": {"x": shard}}, f)
     with pytest.raises(ValueError, match="is not a .safetensors or .bin"):
         load_checkpoint_dir(tmp_path)
+
+
+def test_state_dict_with_metadata(tmp_path):
+    """`torch.save(module.state_dict())`: an OrderedDict whose `_metadata`
+    attribute the pickle restores with BUILD (the most common .bin)."""
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    state = module.state_dict()
+    assert hasattr(state, "_metadata")
+    torch.save(state, tmp_path / "pytorch_model.bin")
+    loaded = read_torch_bin(tmp_path / "pytorch_model.bin")
+    assert type(loaded) is dict
+    assert_same(loaded, expected(state))
+
+
+def test_malicious_state_dict_metadata_is_refused(tmp_path):
+    """What BUILD restores goes through the allow-list too."""
+    import collections
+
+    marker = tmp_path / "pwned"
+    state = collections.OrderedDict(w=torch.ones(2))
+    state._metadata = {"": _RunsCode(marker)}
+    path = tmp_path / "pytorch_model.bin"
+    torch.save(state, path)
+    with pytest.raises(UnsafeCheckpointError, match="system"):
+        read_torch_bin(path)
+    assert not marker.exists()

@@ -241,7 +241,7 @@ def test_image_classification_fourier(tmp_path, weights_format):
     directory = save(model, tmp_path, weights_format,
                      processor=small_processor(32, 36))
     task = check_parity(model, directory, image_inputs((32, 32)))
-    assert task.backbone.inputs_shape == (32, 32, 3)
+    assert task.preprocessor.image_converter.image_size == (32, 32)
 
 
 @pytest.mark.parametrize("weights_format", FORMATS)
@@ -306,13 +306,13 @@ def test_optical_flow(tmp_path, weights_format):
     assert task.flow_scale_factor == 1.0
 
 
-def test_optical_flow_needs_patches_of_frames(tmp_path):
+def test_optical_flow_takes_any_patches(tmp_path):
+    """As transformers: any [B, 2, 27, H, W], not only patches of frames."""
     model = build("PerceiverForOpticalFlow", train_size=[12, 16],
                   num_cross_attention_heads=1)
-    task = load_transformers(save(model, tmp_path))
     noise = np.random.default_rng(0).normal(size=(1, 2, 27, 12, 16))
-    with pytest.raises(ValueError, match="zero-padded 3x3 patches"):
-        run_inputs(task, {"inputs": noise.astype("float32")})
+    check_parity(model, save(model, tmp_path),
+                 {"inputs": noise.astype("float32")})
 
 
 MULTIMODAL = dict(

@@ -178,6 +178,40 @@ def assign_weights(model, rows, checkpoint):
         variable.assign(value.astype(variable.dtype))
 
 
+def write_directory_atomically(directory, write):
+    """Calls `write(staging)` to fill a new directory, then puts it at
+    `directory`, all or nothing.
+
+    `staging` is a temporary sibling of `directory`, renamed into place only
+    once `write` returns, so an error or interruption never leaves a
+    half-written directory and an existing `directory` stays intact until
+    the new one is complete; then it is replaced.
+    """
+    directory = os.path.abspath(directory)
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".partial-", dir=parent)
+    try:
+        write(staging)
+        if not os.path.exists(directory):
+            os.rename(staging, directory)
+            return directory
+        old = tempfile.mkdtemp(prefix=".old-", dir=parent)
+        previous = os.path.join(old, "previous")
+        os.rename(directory, previous)
+        try:
+            os.rename(staging, directory)
+        except BaseException:
+            os.rename(previous, directory)  # put the previous one back
+            os.rmdir(old)
+            raise
+        shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return directory
+
+
 def save_preset_atomically(task, preset_dir):
     """Saves `task` to `preset_dir`, all or nothing.
 
@@ -185,19 +219,4 @@ def save_preset_atomically(task, preset_dir):
     into place only once complete, so an error or interruption never leaves
     a half-written preset. An existing directory is replaced.
     """
-    preset_dir = os.path.abspath(preset_dir)
-    parent = os.path.dirname(preset_dir)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".partial-", dir=parent)
-    try:
-        task.save_to_preset(staging)
-        if os.path.exists(preset_dir):
-            old = tempfile.mkdtemp(prefix=".old-", dir=parent)
-            os.rename(preset_dir, os.path.join(old, "preset"))
-            os.rename(staging, preset_dir)
-            shutil.rmtree(old)
-        else:
-            os.rename(staging, preset_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    write_directory_atomically(preset_dir, task.save_to_preset)

@@ -162,11 +162,13 @@ def local_source(source, files=METADATA_FILES):
             repo, revision=revision or None, allow_patterns=list(files)
         )
     except Exception as e:  # network, authentication, missing repo
+        revision_option = f" --revision {revision}" if revision else ""
         raise OSError(
             f"Could not download {repo!r} from the Hugging Face Hub "
             f"({type(e).__name__}: {str(e).splitlines()[0]}). Without "
-            f"network access, download it elsewhere (`huggingface-cli "
-            f"download {repo}`) and pass the local directory instead."
+            f"network access, download it elsewhere with huggingface_hub's "
+            f"command line (`hf download {repo}{revision_option} --local-dir "
+            f"DIR`) and pass the local directory DIR instead."
         ) from e
 
 

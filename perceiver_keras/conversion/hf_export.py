@@ -26,17 +26,17 @@ mask the masked LM's decoder queries: a model with DeepMind's
 
 import json
 import os
-import shutil
-import tempfile
 
 import numpy as np
 
+from perceiver_keras.conversion.common import write_directory_atomically
 from perceiver_keras.conversion.hf import architecture_module
 from perceiver_keras.conversion.hf_common import conv_kernel
 from perceiver_keras.conversion.hf_common import transpose
 from perceiver_keras.layers.adapters import PerceiverArrayAdapter
 from perceiver_keras.layers.adapters import PerceiverImageAdapter
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
+from perceiver_keras.layers.flow import PATCH_SIZE
 from perceiver_keras.layers.flow import PerceiverFlowAdapter
 
 # Each transform of the loading tables and the one that undoes it.
@@ -295,6 +295,8 @@ def _flow_fields(task):
     if not isinstance(adapter, PerceiverFlowAdapter):
         _refuse("input_adapter", type(adapter).__name__,
                 "a PerceiverFlowAdapter", why)
+    if adapter.inputs_are_patches:
+        channels //= PATCH_SIZE**2
     _require("frame channels", channels, 3, why)
     _require("adapter num_channels", adapter.num_channels, 64, why)
     if not _fourier(adapter, 64, (height, width)):
@@ -366,11 +368,8 @@ def export_transformers(model, directory):
     architecture, config, processor = describe(model)
     config = {**config, "architectures": [architecture]}
     tensors = model_tensors(model, architecture, config)
-    directory = os.path.abspath(directory)
-    parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=".partial-", dir=parent)
-    try:
+
+    def write(staging):
         with open(os.path.join(staging, "config.json"), "w") as f:
             json.dump(config, f, indent=2, sort_keys=True)
         if processor is not None:
@@ -378,10 +377,6 @@ def export_transformers(model, directory):
                       "w") as f:
                 json.dump(processor, f, indent=2, sort_keys=True)
         write_safetensors(tensors, os.path.join(staging, "model.safetensors"))
-        if os.path.exists(directory):
-            shutil.rmtree(directory)
-        os.rename(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+
+    directory = write_directory_atomically(directory, write)
     return directory

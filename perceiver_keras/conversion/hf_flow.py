@@ -7,13 +7,13 @@ Linear 54 -> 64 (`conv_after_patches`); 64 Fourier bands per axis at
 (one head, no query residual, Linear to 2) and divides by 100. It does not
 multiply by DeepMind's colab flow scale (20): `flow_scale_factor=1`.
 
-Our task takes the frames `[B, 2, H, W, 3]` and cuts the patches itself
-(`PerceiverFlowAdapter`, same channel order). `run_inputs` therefore
-accepts transformers' patches only if they are the zero-padded 3x3 patches
-of some frames (it recovers the frames from the patch centres and checks),
-which holds for patches cut as in transformers' and DeepMind's examples.
-The frame size is `config.train_size`: transformers reshapes the output to
-it.
+The converted task takes what transformers' model takes, channels last:
+any patches `[B, 2, H, W, 27]` (`PerceiverFlowAdapter(inputs_are_patches=
+True)`), used as given. To compute flow from frames `[B, 2, H, W, 3]`, cut
+their patches first (`perceiver_keras.layers.flow.flow_patches`, as
+transformers' and DeepMind's examples cut them); `frames_from_patches`
+checks that given patches were cut that way. The frame size is
+`config.train_size`: transformers reshapes the output to it.
 """
 
 import keras
@@ -54,10 +54,12 @@ def build_task(architecture, config, processor_config=None, tensor_names=()):
     size = _train_size(config)
     adapter = PerceiverFlowAdapter(
         temporal_downsample=2, conv_after_patching=True, num_channels=64,
-        num_bands=64, max_resolution=size, name="input_adapter",
+        num_bands=64, max_resolution=size, inputs_are_patches=True,
+        name="input_adapter",
     )
     backbone = PerceiverBackbone(
-        inputs_shape=(2, *size, FRAME_CHANNELS), input_adapter=adapter,
+        inputs_shape=(2, *size, PATCH_SIZE**2 * FRAME_CHANNELS),
+        input_adapter=adapter,
         **backbone_options(config),
     )
     return PerceiverOpticalFlow(backbone, **TASK_OPTIONS)
@@ -84,8 +86,10 @@ def weight_rows(task, architecture, config):
 def frames_from_patches(patches):
     """`[B, 2, 27, H, W]` patches -> `[B, 2, H, W, 3]` frames, checked.
 
-    The frames are the patch centres; ValueError unless the patches are
-    exactly the zero-padded 3x3 patches of those frames.
+    A preprocessing check, not part of the model (which computes on any
+    patches, as transformers' does). The frames are the patch centres;
+    ValueError unless the patches are exactly the zero-padded 3x3 patches
+    of those frames.
     """
     patches = np.asarray(patches, "float32")
     channels = PATCH_SIZE**2 * FRAME_CHANNELS
@@ -112,8 +116,19 @@ def run_inputs(task, architecture, inputs):
     """transformers' `inputs` (patches) -> `{"logits": [B, H, W, 2]}`."""
     if inputs.get("attention_mask") is not None:
         raise ValueError("An `attention_mask` is not supported for flow.")
-    frames = frames_from_patches(inputs["inputs"])
-    flow = task({"inputs": frames}, training=False)
+    patches = np.asarray(inputs["inputs"], "float32")
+    channels = PATCH_SIZE**2 * FRAME_CHANNELS
+    if patches.ndim != 5 or patches.shape[1:3] != (2, channels):
+        raise ValueError(
+            f"`inputs` must be patches [batch, 2, {channels}, height, width]."
+            f" Received shape {patches.shape}."
+        )
+    adapter = task.backbone.input_adapter
+    if adapter.inputs_are_patches:
+        model_inputs = np.transpose(patches, (0, 1, 3, 4, 2))
+    else:  # converted before models took patches: recover the frames
+        model_inputs = frames_from_patches(patches)
+    flow = task({"inputs": model_inputs}, training=False)
     return {"logits": keras.ops.convert_to_numpy(flow)}
 
 
@@ -125,5 +140,6 @@ def patches_of(frames):
 
 def example_inputs(task, architecture):
     rng = np.random.default_rng(0)
-    shape = (1, *task.backbone.inputs_shape)
+    _, height, width, _ = task.backbone.inputs_shape
+    shape = (1, 2, height, width, FRAME_CHANNELS)
     return {"inputs": patches_of(rng.normal(size=shape).astype("float32"))}

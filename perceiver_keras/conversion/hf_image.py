@@ -13,10 +13,12 @@ The three classes differ only in their (hard-coded) image preprocessor:
 
 All three decode with one learned query of `d_latents` channels, one head
 and a query residual. The learned model's input size is `config.image_size`
-(its positions are learned per pixel); the others take the image
-processor's output size (224 unless `preprocessor_config.json` says
-otherwise). transformers' images are channels-first `[B, 3, H, W]`, ours
-channels-last.
+(its positions are learned per pixel). The other two take images of any
+size, as in transformers: their Fourier features are computed for the
+actual grid with the configured maximum resolution; their preprocessor
+resizes to the image processor's output size (224 unless
+`preprocessor_config.json` says otherwise). transformers' images are
+channels-first `[B, 3, H, W]`, ours channels-last.
 """
 
 import keras
@@ -124,11 +126,17 @@ def image_preprocessor(processor_config, image_size):
     return PerceiverImageClassifierPreprocessor(image_converter=converter)
 
 
-def input_size(architecture, config, processor_config):
-    if architecture == "PerceiverForImageClassificationLearned":
-        return _square(config.get("image_size", 56), "image_size")
+def processor_size(processor_config):
+    """`(height, width)` the image processor resizes to."""
     p = {**PROCESSOR_DEFAULTS, **(processor_config or {})}
     return _square(p["size"], "size")
+
+
+def input_size(architecture, config, processor_config):
+    """The backbone's `(height, width)`: fixed only for learned positions."""
+    if architecture == "PerceiverForImageClassificationLearned":
+        return _square(config.get("image_size", 56), "image_size")
+    return None, None
 
 
 def heads(config, processor_config, image_size):
@@ -155,6 +163,8 @@ def build_task(architecture, config, processor_config, tensor_names=()):
         inputs_shape=(*size, 3), input_adapter=adapter,
         **backbone_options(config),
     )
+    if None in size:
+        size = processor_size(processor_config)
     [(task_cls, (options, preprocessor))] = heads(
         config, processor_config, size
     ).items()
@@ -163,6 +173,8 @@ def build_task(architecture, config, processor_config, tensor_names=()):
 
 def new_task(cls, model, config, processor_config, kwargs):
     size = model.backbone.inputs_shape[:2]
+    if None in size:
+        size = processor_size(processor_config)
     return task_on_backbone(
         cls, model, heads(config, processor_config, size), kwargs
     )

@@ -40,7 +40,13 @@ class PerceiverFlowAdapter(PerceiverImageAdapter):
     frames become one time step), a Dense to 64 channels and 64 Fourier bands
     per axis at the training size 368 x 496.
 
-    Args: those of `PerceiverImageAdapter`; `prep_type` is always "patches".
+    Args:
+        inputs_are_patches: False (default): the input is frames
+            `[B, 2, H, W, C]` and the adapter cuts their patches. True: the
+            input is already patches `[B, 2, H, W, 9C]` (transformers'
+            input, channels last), used as given, whatever cut them.
+        Others: those of `PerceiverImageAdapter`; `prep_type` is always
+            "patches".
     """
 
     def __init__(
@@ -50,6 +56,7 @@ class PerceiverFlowAdapter(PerceiverImageAdapter):
         num_channels=64,
         num_bands=64,
         max_resolution=(368, 496),
+        inputs_are_patches=False,
         **kwargs,
     ):
         prep_type = kwargs.pop("prep_type", "patches")
@@ -67,6 +74,7 @@ class PerceiverFlowAdapter(PerceiverImageAdapter):
             max_resolution=max_resolution,
             **kwargs,
         )
+        self.inputs_are_patches = bool(inputs_are_patches)
 
     def _patch_shape(self, input_shape):
         shape = tuple(input_shape)
@@ -81,6 +89,8 @@ class PerceiverFlowAdapter(PerceiverImageAdapter):
                 "Flow frames need a static height, width and channel count. "
                 f"Received shape {shape}."
             )
+        if self.inputs_are_patches:
+            return shape
         return shape[:-1] + (shape[-1] * PATCH_SIZE**2,)
 
     def transform_shape(self, input_shape):
@@ -90,4 +100,11 @@ class PerceiverFlowAdapter(PerceiverImageAdapter):
         return super().build_transform(self._patch_shape(input_shape))
 
     def transform(self, inputs, training=None):
-        return super().transform(flow_patches(inputs), training=training)
+        if not self.inputs_are_patches:
+            inputs = flow_patches(inputs)
+        return super().transform(inputs, training=training)
+
+    def get_config(self):
+        config = super().get_config()
+        config["inputs_are_patches"] = self.inputs_are_patches
+        return config

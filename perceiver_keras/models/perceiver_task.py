@@ -193,6 +193,29 @@ class PerceiverTask(ValidatedInputsMixin, Task):
             cls, preset, load_weights, kwargs, load
         )
 
+    # Presets hold weights, not training state: the optimizer is neither
+    # saved nor loaded (older presets that hold one load without warnings).
+    def _weights_to_skip(self):
+        skip = list(self.backbone._flatten_layers())
+        if getattr(self, "optimizer", None) is not None:
+            skip.append(self.optimizer)
+        return skip
+
+    def save_task_weights(self, filepath):
+        if not self.has_task_weights():
+            return super().save_task_weights(filepath)  # its error
+        keras.saving.save_weights(self, filepath,
+                                  objects_to_skip=self._weights_to_skip())
+
+    def load_task_weights(self, filepath):
+        keras.saving.load_weights(self, filepath,
+                                  objects_to_skip=self._weights_to_skip())
+
+    def compile_from_config(self, config):
+        """Compiles with the saved settings. Keras' own version only warns
+        for tasks, whose `compile()` (defaults) is customised."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+
     def _preprocess_batch(self, batch):
         if self.preprocessor is None:
             return batch

@@ -11,7 +11,8 @@ Both return `{tensor name: numpy array}` and need neither torch nor the
   A plain `torch.load` would run whatever the pickle asks for; here the
   pickle is read with an allow-list unpickler that knows only `OrderedDict`,
   torch's `_rebuild_tensor_v2` / `_rebuild_parameter` and the storage
-  classes, all replaced by NumPy stand-ins. Anything else is refused with
+  classes, all replaced by NumPy stand-ins (a state dict's `_metadata`
+  attribute is read and dropped). Anything else is refused with
   `UnsafeCheckpointError` before it runs.
 - Sharded checkpoints (`*.index.json` with a `weight_map`) are read shard by
   shard.
@@ -196,9 +197,19 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
     return data
 
 
+class _StateDict(dict):
+    """`OrderedDict` stand-in. `state_dict()` returns one carrying a
+    `_metadata` attribute (module versions), which the pickle restores with
+    BUILD; its contents went through `find_class` like everything else, and
+    are dropped here."""
+
+    def __setstate__(self, state):
+        pass
+
+
 def _ordered_dict(*args):
     # `OrderedDict()` (then filled by SETITEMS) or `OrderedDict(list)`.
-    return dict(*args)
+    return _StateDict(*args)
 
 
 _TORCH_ALLOWED = {
@@ -301,7 +312,7 @@ def read_torch_bin(path):
                     f"{path} is not a readable torch checkpoint: "
                     f"{type(e).__name__}: {e}"
                 ) from e
-    return _check_flat(tree, path)
+    return dict(_check_flat(tree, path))
 
 
 def _check_flat(tree, path):
