@@ -201,9 +201,18 @@ def _rebuild_parameter(data, requires_grad, backward_hooks, *unused):
     return data
 
 
+class _StateDict(dict):
+    """A state dict. `torch.save(module.state_dict())` pickles the
+    OrderedDict's `_metadata` attribute (module versions) as BUILD state;
+    it is kept aside, never interpreted."""
+
+    def __setstate__(self, state):
+        self.pickled_state = state
+
+
 def _ordered_dict(*args):
     # `OrderedDict()` (then filled by SETITEMS) or `OrderedDict(list)`.
-    return dict(*args)
+    return _StateDict(*args)
 
 
 _TORCH_ALLOWED = {
