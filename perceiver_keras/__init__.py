@@ -34,3 +34,12 @@ from perceiver_keras.models.perceiver_text_preprocessor import (
 from perceiver_keras.models.perceiver_tokenizer import PerceiverTokenizer
 
 __version__ = "0.1.0"
+
+# Perceiver Resampler (Flamingo / IDEFICS / Idefics2).
+from perceiver_keras.layers.resampler import PerceiverResampler  # noqa: E402
+from perceiver_keras.models.resampler.resampler_backbone import (  # noqa: E402
+    PerceiverResamplerBackbone,
+)
+from perceiver_keras.models.resampler.resampler_encoder import (  # noqa: E402
+    PerceiverResamplerEncoder,
+)
