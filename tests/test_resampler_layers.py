@@ -147,8 +147,8 @@ def test_padding_mask_equals_dropping_the_padding():
     layer.build(x.shape)
     randomize(layer)
     got = to_numpy(layer(x_padded, padding_mask=mask))
-    assert_close(got[1:], layer(x[1:, :3]))
-    assert_close(got[:1], layer(x[:1]))
+    assert_close(got[1:], to_numpy(layer(x[1:, :3])))
+    assert_close(got[:1], to_numpy(layer(x[:1])))
 
 
 def test_config_round_trip_and_bad_arguments():
@@ -158,7 +158,7 @@ def test_config_round_trip_and_bad_arguments():
     clone.build((None, None, 8))
     clone.set_weights(layer.get_weights())
     x = features((2, 5, 8))
-    assert_close(clone(x), layer(x))
+    assert_close(clone(x), to_numpy(layer(x)))
     with pytest.raises(ValueError, match="num_key_value_heads"):
         PerceiverResampler(2, 1, num_heads=4, head_dim=4, num_key_value_heads=3)
     with pytest.raises(ValueError, match="norm"):
