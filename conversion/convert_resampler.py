@@ -4,8 +4,9 @@
         [--inputs INPUTS_NPZ --save-outputs OUTPUTS_NPZ]
 
 SOURCE is a transformers `save_pretrained` directory of an IDEFICS,
-Idefics2 or standalone Idefics2 resampler model, or a hub repo
-(`hf://owner/name`). Only the resampler's tensors are read (only the
+Idefics2 or standalone Idefics2 resampler model, a hub repo
+(`hf://owner/name`), or an OpenFlamingo `checkpoint.pt` file (a
+`torch.save` state dict; 8 heads assumed, as OpenFlamingo builds it). Only the resampler's tensors are read (only the
 shards holding them are opened or downloaded), without torch and without
 executing anything from the files. PRESET_DIR receives a
 `PerceiverResamplerEncoder` preset, only once complete.
@@ -25,6 +26,7 @@ arguments.
 
 import argparse
 import importlib.util
+import os
 import pickle
 import sys
 import time
@@ -94,7 +96,8 @@ def main(argv=None):
 
     start = time.time()
     try:
-        directory = local_directory(args.source)
+        is_file = os.path.isfile(args.source)  # OpenFlamingo checkpoint.pt
+        directory = args.source if is_file else local_directory(args.source)
         task = convert_resampler(directory, args.output)
         model_type = task.source_config["model_type"]
         print(f"converted {args.source} ({model_type} resampler, "
@@ -111,7 +114,9 @@ def main(argv=None):
         if args.save_outputs:
             np.savez(args.save_outputs, **outputs)
             print(f"outputs ['latents'] -> {args.save_outputs}")
-        if all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+        if is_file:
+            print("OpenFlamingo checkpoint: no transformers module to compare")
+        elif all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
             from perceiver_keras.conversion.resampler_reference import (
                 reference_latents,
             )

@@ -9,7 +9,9 @@ Sources:
   downloaded), whatever the class saved (`IdeficsModel`,
   `IdeficsForVisionText2Text`, `Idefics2Model`, ...).
 - OpenFlamingo's `checkpoint.pt` (a `torch.save` of the Flamingo state
-  dict, read by the allow-list unpickler; only `perceiver.` tensors used).
+  dict, read by the allow-list unpickler; only `perceiver.` tensors used;
+  sizes come from the tensor shapes, the head count is an argument,
+  default 8 as OpenFlamingo builds it).
 
 Each source has one table: checkpoint name (after the resampler's prefix)
 -> Keras variable, transform. `nn.Linear` weights are `[out, in]`, so they
@@ -194,10 +196,47 @@ def idefics2_rows(resampler):
     return rows + _norm_rows("norm", resampler.output_norm)
 
 
+def _split_kv(part):
+    """OpenFlamingo's fused `to_kv` ([2 * inner, in]): `chunk(2, dim=-1)`
+    of its output, so keys are the first `inner` rows."""
+
+    def transform(array):
+        half = array.shape[0] // 2
+        return np.transpose(array[:half] if part == 0 else array[half:])
+
+    return transform
+
+
+def openflamingo_rows(resampler):
+    """OpenFlamingo's `PerceiverResampler` names -> weights."""
+    rows = [("latents", resampler.latents, None)]
+    if resampler.frame_embeddings is not None:
+        rows.append(("frame_embs", resampler.frame_embeddings, None))
+    if resampler.media_time_embeddings is not None:  # [T, 1, D] -> [T, D]
+        rows.append(("media_time_embs", resampler.media_time_embeddings,
+                     lambda a: a.reshape(a.shape[0], a.shape[-1])))
+    for i, block in enumerate(resampler.blocks):
+        attention, mlp = block.attention, block.mlp
+        a, f = f"layers.{i}.0", f"layers.{i}.1"
+        rows += [
+            *_norm_rows(f"{a}.norm_media", block.features_norm),
+            *_norm_rows(f"{a}.norm_latents", block.latents_norm),
+            _linear(f"{a}.to_q", attention.query_dense),
+            (f"{a}.to_kv.weight", attention.key_dense.kernel, _split_kv(0)),
+            (f"{a}.to_kv.weight", attention.value_dense.kernel, _split_kv(1)),
+            _linear(f"{a}.to_out", attention.output_dense),
+            *_norm_rows(f"{f}.0", block.mlp_norm),  # nn.Sequential(LN,
+            _linear(f"{f}.1", mlp.hidden_dense),  # Linear, GELU,
+            _linear(f"{f}.3", mlp.output_dense),  # Linear)
+        ]
+    return rows + _norm_rows("norm", resampler.output_norm)
+
+
 ROWS = {
     "idefics": idefics_rows,
     "idefics2": idefics2_rows,
     "idefics2_perceiver": idefics2_rows,
+    "openflamingo": openflamingo_rows,
 }
 
 
@@ -210,14 +249,14 @@ def _is_resampler_tensor(config):
     return lambda name: MARKER in name
 
 
-def strip_prefix(tensors, config, where):
+def strip_prefix(tensors, config, where, marker=MARKER):
     """`{name after the resampler's prefix: array}`; one prefix only."""
     if config["model_type"] == "idefics2_perceiver":
         return dict(tensors)
-    prefixes = {name[: name.index(MARKER) + len(MARKER)] for name in tensors}
+    prefixes = {name[: name.index(marker) + len(marker)] for name in tensors}
     if len(prefixes) != 1:
         raise ValueError(
-            f"{where}: expected the tensors of one `{MARKER}` module, found "
+            f"{where}: expected the tensors of one `{marker}` module, found "
             f"{len(prefixes)} prefixes: {sorted(prefixes)[:4]}."
         )
     (prefix,) = prefixes
@@ -288,9 +327,72 @@ def load_resampler(source):
     return task
 
 
+def openflamingo_tensors(path):
+    """The `perceiver.` tensors of an OpenFlamingo `checkpoint.pt`, names
+    after that prefix (also under a wrapper prefix such as `module.`)."""
+
+    def resampler_name(name):
+        head, found, _ = name.partition(OPENFLAMINGO_PREFIX)
+        return found and (head == "" or head.endswith("."))
+
+    tensors = read_torch_bin(path, resampler_name)
+    if not tensors:
+        raise ValueError(
+            f"{path}: no `{OPENFLAMINGO_PREFIX}` tensors; not an "
+            "OpenFlamingo checkpoint."
+        )
+    return strip_prefix(tensors, {"model_type": "openflamingo"}, path,
+                        OPENFLAMINGO_PREFIX)
+
+
+def openflamingo_backbone_config(tensors, num_heads):
+    """The resampler's sizes from its tensors (the checkpoint has no
+    config); the head count is not in the shapes (OpenFlamingo: 8)."""
+    width = tensors["latents"].shape[-1]
+    inner = tensors["layers.0.0.to_q.weight"].shape[0]
+    if inner % num_heads:
+        raise ValueError(
+            f"`num_heads` must divide the attention width {inner}. "
+            f"Received: num_heads={num_heads}."
+        )
+    depth = len({name.split(".")[1] for name in tensors
+                 if name.startswith("layers.")})
+    config = {
+        **RESAMPLER_VARIANTS["flamingo"],
+        "feature_dim": width,
+        "num_latents": tensors["latents"].shape[0],
+        "num_layers": depth,
+        "num_heads": num_heads,
+        "head_dim": inner // num_heads,
+        "intermediate_dim": tensors["layers.0.1.1.weight"].shape[0],
+    }
+    if "frame_embs" in tensors:
+        config["max_num_frames"] = tensors["frame_embs"].shape[0]
+    if "media_time_embs" in tensors:
+        config["max_num_media"] = tensors["media_time_embs"].shape[0]
+    return config
+
+
+def load_openflamingo(path, num_heads=8):
+    """A `PerceiverResamplerEncoder` with OpenFlamingo's resampler.
+
+    `path`: OpenFlamingo's `checkpoint.pt` (or any `torch.save` of a state
+    dict with its names), read without executing anything.
+    """
+    tensors = openflamingo_tensors(path)
+    task = build_encoder(openflamingo_backbone_config(tensors, num_heads))
+    assign_weights(task, openflamingo_rows(task.backbone.resampler), tensors)
+    task.source_config = {"model_type": "openflamingo"}
+    return task
+
+
 def convert_resampler(source, preset_dir):
-    """Converts `source` into a preset directory, all or nothing."""
-    task = load_resampler(source)
+    """Converts `source` into a preset directory, all or nothing. A file
+    (not a directory or hub name) is read as an OpenFlamingo checkpoint."""
+    if os.path.isfile(source):
+        task = load_openflamingo(source)
+    else:
+        task = load_resampler(source)
     save_preset_atomically(task, preset_dir)
     return task
 

@@ -21,8 +21,11 @@ class PerceiverResamplerBackbone(Backbone):
             features to D first.
         num_latents, num_layers, num_heads, head_dim, num_key_value_heads,
         intermediate_dim, norm, norm_epsilon, qk_norm, qk_norm_epsilon,
-        mlp_activation, gated_mlp, latents_initializer: see
-            `PerceiverResampler` (defaults: Flamingo's choices).
+        mlp_activation, gated_mlp, max_num_media, max_num_frames,
+        latents_initializer: see `PerceiverResampler` (defaults:
+            Flamingo's choices). The backbone's `[B, M, C]` input is one
+            medium of one frame: with media/frame embeddings, the first of
+            each is added (as OpenFlamingo does for a single image).
         dtype: dtype policy.
 
     Call arguments: a dict `{"inputs": features, "padding_mask": mask}` or
@@ -46,6 +49,8 @@ class PerceiverResamplerBackbone(Backbone):
         qk_norm_epsilon=1e-5,
         mlp_activation="gelu",
         gated_mlp=False,
+        max_num_media=None,
+        max_num_frames=None,
         latents_initializer="random_normal",
         dtype=None,
         **kwargs,
@@ -68,7 +73,9 @@ class PerceiverResamplerBackbone(Backbone):
             intermediate_dim=intermediate_dim, norm=norm,
             norm_epsilon=norm_epsilon, qk_norm=qk_norm,
             qk_norm_epsilon=qk_norm_epsilon, mlp_activation=mlp_activation,
-            gated_mlp=gated_mlp, latents_initializer=latents_initializer,
+            gated_mlp=gated_mlp, max_num_media=max_num_media,
+            max_num_frames=max_num_frames,
+            latents_initializer=latents_initializer,
             dtype=dtype, name="resampler",
         )
 
@@ -102,6 +109,8 @@ class PerceiverResamplerBackbone(Backbone):
         self.qk_norm_epsilon = qk_norm_epsilon
         self.mlp_activation = mlp_activation
         self.gated_mlp = gated_mlp
+        self.max_num_media = max_num_media
+        self.max_num_frames = max_num_frames
         self.latents_initializer = latents_initializer
 
     @property
@@ -138,6 +147,8 @@ class PerceiverResamplerBackbone(Backbone):
             "qk_norm_epsilon": self.qk_norm_epsilon,
             "mlp_activation": self.mlp_activation,
             "gated_mlp": self.gated_mlp,
+            "max_num_media": self.max_num_media,
+            "max_num_frames": self.max_num_frames,
             "latents_initializer": self.latents_initializer,
         })
         return config
