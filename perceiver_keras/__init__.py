@@ -42,3 +42,12 @@ from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTok
 from perceiver_keras.conversion import hf as _hf_routes  # noqa: F401
 
 __version__ = "0.1.0"
+
+# Perceiver Resampler (Flamingo / IDEFICS / Idefics2).
+from perceiver_keras.layers.resampler import PerceiverResampler  # noqa: E402
+from perceiver_keras.models.resampler.resampler_backbone import (  # noqa: E402
+    PerceiverResamplerBackbone,
+)
+from perceiver_keras.models.resampler.resampler_encoder import (  # noqa: E402
+    PerceiverResamplerEncoder,
+)

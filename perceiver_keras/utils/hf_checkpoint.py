@@ -78,8 +78,11 @@ def _from_bytes(buffer, dtype, shape, what):
     return array.astype(dtype.newbyteorder("="))
 
 
-def read_safetensors(path):
-    """`{name: array}` from a `.safetensors` file, checked against its size."""
+def read_safetensors(path, select=None):
+    """`{name: array}` from a `.safetensors` file, checked against its size.
+
+    `select(name) -> bool`, when given, keeps only the tensors it accepts;
+    the others' bytes are never copied."""
     path = os.fspath(path)
     with open(path, "rb") as f:
         prefix = f.read(8)
@@ -101,7 +104,9 @@ def read_safetensors(path):
             start = 8 + header_size
             tensors = {}
             for name, info in header.items():
-                if name == "__metadata__":
+                if name == "__metadata__" or (
+                    select is not None and not select(name)
+                ):
                     continue
                 tensors[name] = _safetensors_entry(
                     path, data, start, name, info
@@ -272,8 +277,10 @@ def _storage_array(raw, storage_type, numel, path):
     return array
 
 
-def read_torch_bin(path):
+def read_torch_bin(path, select=None):
     """`{name: array}` from a `torch.save` zip file, executing nothing.
+
+    `select(name) -> bool` keeps only the tensors it accepts.
 
     Raises:
         UnsafeCheckpointError: the pickle asks for anything but tensors in
@@ -312,7 +319,10 @@ def read_torch_bin(path):
                     f"{path} is not a readable torch checkpoint: "
                     f"{type(e).__name__}: {e}"
                 ) from e
-    return dict(_check_flat(tree, path))
+    tree = dict(_check_flat(tree, path))
+    if select is not None:
+        tree = {name: value for name, value in tree.items() if select(name)}
+    return tree
 
 
 def _check_flat(tree, path):
@@ -333,26 +343,31 @@ def _check_flat(tree, path):
 # --- files and directories ---------------------------------------------------
 
 
-def read_weight_file(path):
-    """Reads one `.safetensors`, `.bin` or sharded `*.index.json` file."""
+def read_weight_file(path, select=None):
+    """Reads one `.safetensors`, `.bin` or sharded `*.index.json` file.
+
+    `select(name) -> bool`, when given, keeps only the tensors it accepts
+    (shards holding none of them are not opened)."""
     path = os.fspath(path)
     if path.endswith(".index.json"):
-        return _read_sharded(path)
+        return _read_sharded(path, select)
     if path.endswith(".safetensors"):
-        return read_safetensors(path)
+        return read_safetensors(path, select)
     if path.endswith(".bin"):
-        return read_torch_bin(path)
+        return read_torch_bin(path, select)
     raise ValueError(
         "`path` must name a .safetensors, .bin or .index.json file. "
         f"Received: {path!r}."
     )
 
 
-def _read_sharded(index_path):
+def _read_sharded(index_path, select=None):
     with open(index_path, encoding="utf-8") as f:
         weight_map = json.load(f).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ValueError(f"{index_path}: no `weight_map` in the index.")
+    if select is not None:
+        weight_map = {k: v for k, v in weight_map.items() if select(k)}
     directory = os.path.dirname(index_path)
     tensors = {}
     for shard in sorted(set(weight_map.values())):
@@ -363,7 +378,9 @@ def _read_sharded(index_path):
                 f"{index_path}: shard {shard!r} is not a .safetensors or "
                 ".bin file name in the same directory."
             )
-        tensors.update(read_weight_file(os.path.join(directory, shard)))
+        tensors.update(
+            read_weight_file(os.path.join(directory, shard), select)
+        )
     missing = sorted(set(weight_map) - set(tensors))
     if missing:
         raise ValueError(
@@ -384,6 +401,7 @@ def find_weight_file(directory):
     )
 
 
-def load_checkpoint_dir(directory):
-    """`{name: array}` of a transformers `save_pretrained` directory."""
-    return read_weight_file(find_weight_file(directory))
+def load_checkpoint_dir(directory, select=None):
+    """`{name: array}` of a transformers `save_pretrained` directory
+    (only the names `select` accepts, when given)."""
+    return read_weight_file(find_weight_file(directory), select)

@@ -1,0 +1,1 @@
+"""The Perceiver Resampler family (Flamingo, IDEFICS, Idefics2)."""
