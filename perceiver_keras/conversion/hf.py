@@ -214,7 +214,7 @@ def checkpoint_tensors(tensors):
 # --- building and converting ------------------------------------------------
 
 
-def load_transformers(source, load_weights=True):
+def load_transformers(source, load_weights=True, dtype=None):
     """The Keras model (task, or backbone for `PerceiverModel`) of a
     transformers checkpoint, with its weights.
 
@@ -223,6 +223,8 @@ def load_transformers(source, load_weights=True):
             `owner/name`.
         load_weights: False builds the architecture with random weights
             (only `config.json` is read).
+        dtype: optional dtype policy of the model (e.g. "bfloat16",
+            "mixed_bfloat16"); the preprocessor keeps its own.
 
     Raises:
         ValueError: the configuration asks for something this converter
@@ -243,9 +245,27 @@ def load_transformers(source, load_weights=True):
     if load_weights:
         rows = module.weight_rows(model, architecture, config)
         assign_weights(model, rows, tensors)
+    if dtype is not None:
+        model = _with_dtype(model, dtype)
     model.transformers_config = config
     model.processor_config = processor_config
     return model
+
+
+def _with_dtype(model, dtype):
+    """`model` rebuilt with the dtype policy `dtype` (backbone, its input
+    adapter and the task's heads), holding the same weights."""
+    from keras_hub.models import Backbone
+
+    config = model.get_config()
+    backbone = config if isinstance(model, Backbone) else (
+        config["backbone"]["config"]
+    )
+    backbone["dtype"] = dtype
+    backbone["input_adapter"]["config"]["dtype"] = dtype
+    rebuilt = type(model).from_config(config)
+    rebuilt.set_weights(model.get_weights())
+    return rebuilt
 
 
 class _WithTransformersConfig:
@@ -314,7 +334,9 @@ def load_transformers_preset(cls, preset, load_weights=True, **kwargs):
     """
     from keras_hub.models import Backbone
 
-    model = load_transformers(preset, load_weights)
+    # keras-hub's `from_preset` applies `dtype` to the backbone, not as a
+    # task constructor argument.
+    model = load_transformers(preset, load_weights, kwargs.pop("dtype", None))
     config = model.transformers_config
     backbone = model if isinstance(model, Backbone) else model.backbone
     if issubclass(cls, Backbone):

@@ -23,6 +23,8 @@ from perceiver_keras.layers.chunked_attention import fused_attend
 from perceiver_keras.layers.chunked_attention import resolve_implementation
 from perceiver_keras.layers.chunked_attention import streaming_attend
 from perceiver_keras.layers.chunked_attention import validate_implementation
+from perceiver_keras.layers.dense import PerceiverDense
+from perceiver_keras.layers.dense import einsum
 from perceiver_keras.layers.utils import clone_initializer
 
 
@@ -61,17 +63,16 @@ def attend(q, k, v, mask=None, wipe_fully_masked_rows=True, dropout=None):
         `[B, Q, H * Dv]`.
     """
     head_dim = ops.shape(q)[-1]
-    logits = ops.einsum("bqhd,bkhd->bhqk", q, k)
-    logits = logits * ops.cast(1.0 / math.sqrt(head_dim), logits.dtype)
     # Softmax in float32 so half-precision policies stay stable.
-    logits = ops.cast(logits, "float32")
+    logits = ops.cast(einsum("bqhd,bkhd->bhqk", q, k, True), "float32")
+    logits = logits * (1.0 / math.sqrt(head_dim))
     if mask is not None:
         mask = ops.expand_dims(ops.cast(mask, "bool"), 1)
         logits = ops.where(mask, logits, ops.cast(-1e30, "float32"))
     weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
     if dropout is not None:
         weights = dropout(weights)
-    out = ops.einsum("bhqk,bkhd->bqhd", weights, v)
+    out = einsum("bhqk,bkhd->bqhd", weights, v)
     batch, num_queries = ops.shape(q)[0], ops.shape(q)[1]
     out = ops.reshape(out, (batch, num_queries, -1))
     if mask is not None and wipe_fully_masked_rows:
@@ -140,7 +141,7 @@ class PerceiverAttention(keras.layers.Layer):
         self.supports_masking = False
 
     def _dense(self, units, name):
-        return keras.layers.Dense(
+        return PerceiverDense(
             units,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,

@@ -13,6 +13,7 @@ import keras
 
 from perceiver_keras.layers.attention import PerceiverAttention
 from perceiver_keras.layers.chunked_attention import validate_implementation
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.utils import clone_initializer
 from perceiver_keras.layers.utils import gelu
 from perceiver_keras.layers.utils import layer_norm
@@ -36,14 +37,14 @@ class PerceiverMLP(keras.layers.Layer):
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.hidden_dense = keras.layers.Dense(
+        self.hidden_dense = PerceiverDense(
             self.widening_factor * channels,
             activation=gelu(self.gelu_approximate),
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,
             name="hidden",
         )
-        self.output_dense = keras.layers.Dense(
+        self.output_dense = PerceiverDense(
             channels,
             kernel_initializer=clone_initializer(self.kernel_initializer),
             dtype=self.dtype_policy,

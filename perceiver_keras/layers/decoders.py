@@ -10,6 +10,7 @@ import keras
 from keras import ops
 
 from perceiver_keras.layers.blocks import PerceiverCrossAttentionBlock
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.position_encoding import FourierPositionEncoding
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
 from perceiver_keras.layers.utils import layer_norm
@@ -142,7 +143,7 @@ class PerceiverQueryDecoder(keras.layers.Layer):
         self.cross_attention.build(query_shape, latents_shape)
         self.output_dense = None
         if self.output_channels:
-            self.output_dense = keras.layers.Dense(
+            self.output_dense = PerceiverDense(
                 self.output_channels, dtype=self.dtype_policy, name="output"
             )
             self.output_dense.build(query_shape)

@@ -72,6 +72,36 @@ def fourier_features(
     return features
 
 
+def _torch_features(layer, index_dims):
+    """`layer`'s features for `index_dims` as a torch tensor of its compute
+    dtype, converted once per process (eager torch would copy the array on
+    every call).
+
+    Under `torch.compile` this runs outside the traced graph: dynamo cannot
+    trace the NumPy cache (its arrays are write-protected).
+    """
+    import torch
+    from keras.src.backend.torch.core import get_device
+
+    @torch.compiler.disable
+    def lookup():
+        key = (
+            index_dims, layer.num_bands, layer.max_resolution,
+            layer.concat_pos, layer.sine_only, layer.compute_dtype,
+            str(get_device()),
+        )
+        if key not in _TORCH_FEATURES:
+            features = ops.convert_to_tensor(layer.features_for(index_dims))
+            _TORCH_FEATURES[key] = ops.cast(features, layer.compute_dtype)
+        return _TORCH_FEATURES[key]
+
+    return lookup()
+
+
+# Small: one entry per (grid, options, dtype, device) a process uses.
+_TORCH_FEATURES = {}
+
+
 def fourier_channels(rank, num_bands, concat_pos=True, sine_only=False):
     """Number of Fourier feature channels for a `rank`-D grid."""
     return rank * (num_bands * (1 if sine_only else 2) + int(concat_pos))
@@ -107,6 +137,10 @@ class FourierPositionEncoding(keras.layers.Layer):
         )
         self.concat_pos = concat_pos
         self.sine_only = sine_only
+        # No weights: built now. Parents reach it through `features_for`
+        # or a symbolic call that never runs `call`, and Keras' trainers
+        # rebuild (JAX: run eagerly) a model while any layer is unbuilt.
+        self.built = True
 
     def channels(self, rank):
         return fourier_channels(
@@ -128,6 +162,8 @@ class FourierPositionEncoding(keras.layers.Layer):
         if None in dims:
             # A graph traced for varying sizes: compute in-graph instead.
             features = self._features_in_graph(ops.shape(inputs)[1:-1])
+        elif keras.backend.backend() == "torch":
+            features = _torch_features(self, dims)
         else:
             features = ops.convert_to_tensor(self.features_for(dims))
         features = ops.cast(features, self.compute_dtype)

@@ -166,6 +166,21 @@ class PerceiverTask(ValidatedInputsMixin, Task):
             config[name] = value
         return config
 
+    @property
+    def preprocessor(self):
+        return getattr(self, "_preprocessor", None)
+
+    @preprocessor.setter
+    def preprocessor(self, value):
+        # keras-hub's setter keeps a replaced preprocessor tracked: its
+        # never-called layers stay unbuilt, and Keras' trainers then
+        # rebuild the model on every train_on_batch (and JAX runs it
+        # eagerly before each predict_on_batch).
+        previous = self.preprocessor
+        if previous is not None and previous is not value:
+            self._tracker.untrack(previous)
+        self._preprocessor = value
+
     def validate_inputs(self, inputs):
         return validate_backbone_inputs(self.backbone, inputs)
 
