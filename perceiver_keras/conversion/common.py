@@ -7,10 +7,12 @@ before writing anything: every checkpoint tensor used, every model weight
 assigned, every shape equal.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
 
+import keras
 import numpy as np
 
 
@@ -125,3 +127,19 @@ def save_preset_atomically(task, preset_dir):
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def inference_mode():
+    """A context for running a converted model on inputs, gradients off.
+
+    Eager torch records every op of a call for backpropagation unless told
+    not to; in the chunked cross-attention that keeps each chunk's
+    `[B, H, Q, chunk]` scores alive until the call ends, i.e. the whole
+    `[B, H, Q, M]` tensor the streaming path exists to avoid. TensorFlow and
+    JAX record nothing outside a GradientTape / `jax.grad`.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
