@@ -10,7 +10,9 @@ checkpoint is read without Haiku or JAX and without executing anything from
 the file. The preset appears at PRESET_DIR only once complete. With
 `--inputs`, the converted model itself (not its preprocessor) is run on the
 arrays of an `inputs.npz` laid out as the fixtures' and its outputs are
-written under the fixture's output keys.
+written under the fixture's output keys (after the preset is written).
+There is no reference to compare against here: DeepMind's code needs
+Haiku; the fixtures' `outputs.npz` hold its outputs.
 
 Exit status: 0 on success, 1 if the conversion fails, 2 on bad arguments.
 """
@@ -20,7 +22,7 @@ import pickle
 import sys
 import time
 
-import numpy as np
+from perceiver_keras.conversion import cli
 
 
 def parse_args(argv):
@@ -36,23 +38,17 @@ def parse_args(argv):
                         help="a built-in model")
     source.add_argument("--config", metavar="CONFIG_JSON",
                         help="a {kind, deepmind_config} JSON file")
-    parser.add_argument("--output", required=True, metavar="PRESET_DIR",
-                        help="preset directory to write (replaced if present)")
-    parser.add_argument("--inputs", metavar="INPUTS_NPZ",
-                        help="arrays to run the converted model on")
-    parser.add_argument("--save-outputs", metavar="OUTPUTS_NPZ",
-                        help="where to write the outputs for --inputs")
+    cli.add_arguments(parser)
     args = parser.parse_args(argv)
-    if (args.inputs is None) != (args.save_outputs is None):
-        parser.error("--inputs and --save-outputs must be given together")
+    cli.check_arguments(parser, args)
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     from perceiver_keras.conversion.deepmind import convert_deepmind
-    from perceiver_keras.conversion.deepmind import kind_module
     from perceiver_keras.conversion.deepmind import read_config
+    from perceiver_keras.conversion.deepmind import run_inputs
     from perceiver_keras.models.presets import builtin_preset
 
     start = time.time()
@@ -64,11 +60,8 @@ def main(argv=None):
               f"{task.count_params():,} parameters) -> {args.output} "
               f"in {time.time() - start:.1f}s")
         if args.inputs:
-            with np.load(args.inputs) as data:
-                inputs = dict(data)
-            outputs = kind_module(kind).run_inputs(task, inputs)
-            np.savez(args.save_outputs, **outputs)
-            print(f"outputs {sorted(outputs)} -> {args.save_outputs}")
+            inputs = cli.load_inputs(args.inputs)
+            cli.save_outputs(args.save_outputs, run_inputs(kind, task, inputs))
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         # UnsafeCheckpointError is an UnpicklingError: refused, not run.
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)

@@ -15,13 +15,17 @@ whose keys are the keyword arguments of the transformers class's `forward`
 flattened with `/`, e.g. `inputs/image`, `subsampled_output_points/audio`),
 and its outputs are written under the names of the transformers output
 (`logits`, `last_hidden_state`, or `logits/image`, `logits/audio`,
-`logits/label`). When transformers and torch are installed, the original
-model is run on the same inputs (on example inputs without `--inputs`) and
-the comparison is printed.
+`logits/label`). Then, when transformers and torch are installed, the
+original model is run on the same inputs (on example inputs without
+`--inputs`) and the comparison is printed; unless `--compare` is given, it
+is skipped (one line says so) when transformers' estimated peak memory
+(plain attention: all scores at once) exceeds the memory available, as
+for long inputs. `--no-compare` never runs it. The preset and the outputs
+are written before any comparison.
 
-Exit status: 0 on success, 1 if the conversion fails or the outputs differ
-from transformers' beyond max|diff| <= 2e-5 * max(1, max|ref|), 2 on bad
-arguments.
+Exit status: 0 on success, 1 if the conversion fails, the outputs differ
+from transformers' beyond max|diff| <= 2e-5 * max(1, max|ref|), or a
+comparison asked for with `--compare` cannot run; 2 on bad arguments.
 """
 
 import argparse
@@ -32,7 +36,7 @@ import time
 
 import numpy as np
 
-TOLERANCE = 2e-5
+from perceiver_keras.conversion import cli
 
 
 def parse_args(argv):
@@ -42,52 +46,42 @@ def parse_args(argv):
     )
     parser.add_argument("source", metavar="SOURCE",
                         help="hub id (owner/name) or save_pretrained directory")
-    parser.add_argument("--output", required=True, metavar="PRESET_DIR",
-                        help="preset directory to write (replaced if present)")
-    parser.add_argument("--inputs", metavar="INPUTS_NPZ",
-                        help="forward() arguments to run the model on")
-    parser.add_argument("--save-outputs", metavar="OUTPUTS_NPZ",
-                        help="where to write the outputs for --inputs")
+    cli.add_arguments(parser, reference="transformers")
     args = parser.parse_args(argv)
-    if (args.inputs is None) != (args.save_outputs is None):
-        parser.error("--inputs and --save-outputs must be given together")
+    cli.check_arguments(parser, args)
     return args
 
 
-def unflatten(arrays):
-    """`{"inputs/image": a}` -> `{"inputs": {"image": a}}`."""
-    nested = {}
-    for key, value in arrays.items():
-        *parents, leaf = key.split("/")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
+def input_bytes(inputs):
+    if isinstance(inputs, dict):
+        return sum(input_bytes(v) for v in inputs.values())
+    return np.asarray(inputs).nbytes
 
 
-def compare(outputs, expected):
-    """Prints max|diff| per output; True when all are within tolerance."""
-    ok = True
-    for name in sorted(expected):
-        ref = np.asarray(expected[name])
-        diff = float(np.abs(np.asarray(outputs[name]) - ref).max(initial=0))
-        bound = TOLERANCE * max(1.0, float(np.abs(ref).max(initial=0)))
-        verdict = "ok" if diff <= bound else "FAIL"
-        ok = ok and diff <= bound
-        print(f"  {name}: max|diff| = {diff:.3g} (bound {bound:.3g}) "
-              f"{verdict}")
-    return ok
-
-
-def transformers_outputs(directory, inputs):
-    """The original model's outputs, or None if transformers is missing."""
+def reference_missing():
+    """Why transformers cannot run here, or None."""
     if not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
-        print("transformers/torch not installed: no comparison")
-        return None
-    from perceiver_keras.conversion.hf_reference import reference_outputs
+        return "transformers/torch not installed"
+    return None
 
-    return reference_outputs(directory, inputs)
+
+def compare_with_transformers(args, directory, model, inputs, outputs, calls):
+    """Exit status of the comparison (see `cli.compare_with_reference`)."""
+    # transformers' copy of the weights and inputs, plus its plain attention.
+    needed = cli.attention_peak_bytes(
+        calls, weight_bytes=4 * model.count_params()
+    ) + input_bytes(inputs)
+
+    def run_reference():
+        from perceiver_keras.conversion.hf_reference import reference_outputs
+
+        return reference_outputs(directory, inputs)
+
+    return cli.compare_with_reference(
+        outputs, "transformers", run_reference, needed,
+        compare=args.compare, missing=reference_missing(),
+        what="" if args.inputs else "(example inputs)",
+    )
 
 
 def main(argv=None):
@@ -104,27 +98,23 @@ def main(argv=None):
         architecture = model.transformers_config["architectures"][0]
         print(f"converted {args.source} ({architecture} -> "
               f"{type(model).__name__}, {model.count_params():,} parameters)"
-              f" -> {args.output} in {time.time() - start:.1f}s")
+              f" -> {args.output} in {time.time() - start:.1f}s", flush=True)
         if args.inputs:
-            with np.load(args.inputs) as data:
-                inputs = unflatten(dict(data))
+            inputs = cli.load_inputs(args.inputs, nested=True)
         else:
             inputs = example_inputs(model)
-        outputs = run_inputs(model, inputs)
+        outputs, calls = cli.run_recording_sizes(
+            lambda: run_inputs(model, inputs)
+        )
         if args.save_outputs:
-            np.savez(args.save_outputs, **outputs)
-            print(f"outputs {sorted(outputs)} -> {args.save_outputs}")
-        expected = transformers_outputs(directory, inputs)
-        if expected is not None:
-            print("against transformers"
-                  + ("" if args.inputs else " (example inputs)") + ":")
-            if not compare(outputs, expected):
-                return 1
+            cli.save_outputs(args.save_outputs, outputs)
+        return compare_with_transformers(
+            args, directory, model, inputs, outputs, calls
+        )
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
         # UnsafeCheckpointError is an UnpicklingError: refused, not run.
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
         return 1
-    return 0
 
 
 if __name__ == "__main__":

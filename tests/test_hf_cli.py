@@ -108,9 +108,6 @@ class _Exploit:
     ("attention_mask", {"attention_mask": 1}),
 ])
 def test_unflatten(key, expected):
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from convert_hf import unflatten
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+    from perceiver_keras.conversion.cli import unflatten
+
     assert unflatten({key: 1}) == expected

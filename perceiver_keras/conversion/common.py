@@ -7,6 +7,7 @@ before writing anything: every checkpoint tensor used, every model weight
 assigned, every shape equal.
 """
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -220,3 +221,19 @@ def save_preset_atomically(task, preset_dir):
     a half-written preset. An existing directory is replaced.
     """
     write_directory_atomically(preset_dir, task.save_to_preset)
+
+
+def inference_mode():
+    """A context for running a converted model on inputs, gradients off.
+
+    Eager torch records every op of a call for backpropagation unless told
+    not to; in the chunked cross-attention that keeps each chunk's
+    `[B, H, Q, chunk]` scores alive until the call ends, i.e. the whole
+    `[B, H, Q, M]` tensor the streaming path exists to avoid. TensorFlow and
+    JAX record nothing outside a GradientTape / `jax.grad`.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()

@@ -26,6 +26,7 @@ from perceiver_keras.conversion.common import (
 )
 from perceiver_keras.conversion.common import cross_attention_rows
 from perceiver_keras.conversion.common import dense_rows
+from perceiver_keras.conversion.common import inference_mode
 from perceiver_keras.conversion.common import save_preset_atomically
 from perceiver_keras.conversion.common import self_attention_rows
 from perceiver_keras.utils.deepmind_checkpoint import load_deepmind_checkpoint
@@ -52,6 +53,13 @@ def kind_module(kind):
             f"`kind` must be one of {sorted(KINDS)}. Received: kind={kind!r}."
         )
     return importlib.import_module(KINDS[kind])
+
+
+def run_inputs(kind, task, inputs):
+    """`kind_module(kind).run_inputs(task, inputs)`, without recording
+    gradients (see `common.inference_mode`)."""
+    with inference_mode():
+        return kind_module(kind).run_inputs(task, inputs)
 
 
 def read_config(config):

@@ -41,6 +41,7 @@ import json
 import os
 
 from perceiver_keras.conversion.common import assign_weights
+from perceiver_keras.conversion.common import inference_mode
 from perceiver_keras.conversion.common import save_preset_atomically
 from perceiver_keras.models import presets
 from perceiver_keras.utils.hf_checkpoint import WEIGHT_FILES
@@ -305,11 +306,13 @@ def convert_transformers(source, output_dir):
 
 
 def run_inputs(model, inputs):
-    """Runs a converted model on transformers-style inputs (see module doc)."""
+    """Runs a converted model on transformers-style inputs (see module doc),
+    without recording gradients."""
     architecture = architecture_of(model.transformers_config)
-    return architecture_module(architecture).run_inputs(
-        model, architecture, inputs
-    )
+    with inference_mode():
+        return architecture_module(architecture).run_inputs(
+            model, architecture, inputs
+        )
 
 
 def example_inputs(model):

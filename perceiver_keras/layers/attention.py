@@ -20,6 +20,7 @@ from keras import ops
 
 from perceiver_keras.layers.chunked_attention import default_chunk_size
 from perceiver_keras.layers.chunked_attention import fused_attend
+from perceiver_keras.layers.chunked_attention import record_attention_call
 from perceiver_keras.layers.chunked_attention import resolve_implementation
 from perceiver_keras.layers.chunked_attention import streaming_attend
 from perceiver_keras.layers.chunked_attention import validate_implementation
@@ -235,6 +236,9 @@ class PerceiverAttention(keras.layers.Layer):
         key_value = query if key_value is None else key_value
         implementation = self.implementation_for(
             query.shape[1], key_value.shape[1], training
+        )
+        record_attention_call(
+            implementation, self.num_heads, query, key_value
         )
         q = self._split_heads(self.query_dense(query))
         if implementation == "chunked":

@@ -13,9 +13,12 @@ so nothing of size `[B, M, ...]` exists beyond the input itself.
 attention where the backend has it), after making every query row attend
 to at least one key so that no kernel sees an all-masked row.
 
-`resolve_implementation` picks one of the paths for "auto".
+`resolve_implementation` picks one of the paths for "auto";
+`recording_attention_calls` lists the path and sizes of each call.
 """
 
+import collections
+import contextlib
 import math
 
 import keras
@@ -36,6 +39,48 @@ CHUNK_SCORES = 2**22
 MIN_CHUNK_SIZE = 64
 
 MASKED_LOGIT = -1e30
+
+# The lists of the `recording_attention_calls` blocks now open.
+_RECORDERS = []
+
+
+class AttentionCall(collections.namedtuple(
+    "AttentionCall",
+    "implementation batch num_heads num_queries num_keys key_channels",
+)):
+    """One attention call: the path it took and its sizes (None: unknown
+    when traced)."""
+
+    def score_bytes(self):
+        """Bytes of the float32 `[B, H, Q, K]` scores of the plain path."""
+        sizes = (self.batch, self.num_heads, self.num_queries, self.num_keys)
+        if any(size is None for size in sizes):
+            return None
+        return 4 * math.prod(sizes)
+
+
+@contextlib.contextmanager
+def recording_attention_calls():
+    """Yields a list that receives an `AttentionCall` for every
+    `PerceiverAttention` call (or trace) made inside the block: what tests,
+    benchmarks and memory estimates read to see which path ran on what."""
+    calls = []
+    _RECORDERS.append(calls)
+    try:
+        yield calls
+    finally:
+        _RECORDERS.remove(calls)
+
+
+def record_attention_call(implementation, num_heads, query, key_value):
+    if not _RECORDERS:
+        return
+    call = AttentionCall(
+        implementation, query.shape[0], num_heads, query.shape[1],
+        key_value.shape[1], key_value.shape[-1],
+    )
+    for calls in _RECORDERS:
+        calls.append(call)
 
 
 def validate_implementation(
