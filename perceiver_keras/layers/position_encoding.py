@@ -107,6 +107,9 @@ class FourierPositionEncoding(keras.layers.Layer):
         )
         self.concat_pos = concat_pos
         self.sine_only = sine_only
+        # No weights: built from the start (adapters compute shapes without
+        # calling it, and `Model.quantize` refuses unbuilt layers).
+        self.built = True
 
     def channels(self, rank):
         return fourier_channels(
