@@ -59,7 +59,7 @@ def image_classifier(tmp_path_factory):
 def test_image_processor_parity(image_classifier, size):
     rng = np.random.default_rng(sum(size))
     image = rng.integers(0, 256, (*size, 3), dtype="uint8")
-    pixels = image_classifier.preprocessor(image[None])
+    pixels = image_classifier.preprocessor(image[None])["inputs"]
     assert_close(pixels[0], torchvision_processor_reference(image))
 
 
@@ -69,7 +69,7 @@ def test_real_image_processor_when_available(image_classifier):
     image = np.random.default_rng(1).integers(0, 256, (300, 400, 3),
                                               dtype="uint8")
     expected = processor(image, return_tensors="np")["pixel_values"]
-    pixels = image_classifier.preprocessor(image[None])
+    pixels = image_classifier.preprocessor(image[None])["inputs"]
     assert_close(pixels, np.transpose(expected, (0, 2, 3, 1)))
 
 

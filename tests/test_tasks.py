@@ -186,7 +186,7 @@ def test_image_classifier_with_preprocessor_fit_predict_and_preset(tmp_path):
     classifier.fit(images, labels, batch_size=8, epochs=1, verbose=0)
     predicted = classifier.predict(images[:5], verbose=0)
     # The same as preprocessing by hand and running the bare model.
-    pixels = to_numpy(preprocessor(images[:5]))
+    pixels = to_numpy(preprocessor(images[:5])["inputs"])
     assert pixels.shape == (5, 16, 16, 3)
     classifier.preprocessor = None
     np.testing.assert_allclose(classifier.predict(pixels, verbose=0),

@@ -232,5 +232,5 @@ def example_inputs(task, architecture):
     first."""
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (1, 256, 320, 3), dtype="uint8")
-    pixels = keras.ops.convert_to_numpy(task.preprocessor(image))
+    pixels = keras.ops.convert_to_numpy(task.preprocessor(image)["inputs"])
     return {"inputs": np.transpose(pixels, (0, 3, 1, 2))}

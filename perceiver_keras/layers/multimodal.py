@@ -24,11 +24,12 @@ from perceiver_keras.layers.position_encoding import (
 )
 from perceiver_keras.layers.position_encoding import linear_positions
 from perceiver_keras.layers.position_encoding import subsampled_positions
+from perceiver_keras.layers.utils import deserialize_with_dtype
 
 
-def _deserialize_layers(layers):
+def _deserialize_layers(layers, dtype):
     return {
-        name: keras.layers.deserialize(layer) if isinstance(layer, dict)
+        name: deserialize_with_dtype(layer, dtype) if isinstance(layer, dict)
         else layer
         for name, layer in layers.items()
     }
@@ -160,7 +161,9 @@ class PerceiverMultimodalAdapter(keras.layers.Layer):
                     f"Received: mask_probs={mask_probs}."
                 )
             mask_probs = {name: float(p) for name, p in mask_probs.items()}
-        self.modalities = dict(sorted(_deserialize_layers(modalities).items()))
+        self.modalities = dict(sorted(
+            _deserialize_layers(modalities, self.dtype_policy).items()
+        ))
         self.min_padding_size = min_padding_size
         self.mask_probs = mask_probs
         self.seed = seed

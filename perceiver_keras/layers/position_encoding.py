@@ -137,9 +137,10 @@ class FourierPositionEncoding(keras.layers.Layer):
         )
         self.concat_pos = concat_pos
         self.sine_only = sine_only
-        # No weights: built now. Parents reach it through `features_for`
-        # or a symbolic call that never runs `call`, and Keras' trainers
-        # rebuild (JAX: run eagerly) a model while any layer is unbuilt.
+        # No weights: built from the start. Parents reach it through
+        # `features_for` or shape computations that never run `call`; Keras'
+        # trainers (JAX: run eagerly) and `Model.quantize` treat an unbuilt
+        # layer as a model still to build.
         self.built = True
 
     def channels(self, rank):

@@ -21,3 +21,14 @@ def gelu(approximate):
         return keras.activations.gelu(x, approximate=approximate)
 
     return activation
+
+
+def deserialize_with_dtype(config, dtype):
+    """A sublayer from its config, under its parent's dtype policy (when
+    given) rather than the one stored with the sublayer, so a model rebuilt
+    under another policy has it in every sublayer."""
+    if dtype is not None:
+        if isinstance(dtype, keras.DTypePolicy):
+            dtype = keras.dtype_policies.serialize(dtype)
+        config = {**config, "config": {**config["config"], "dtype": dtype}}
+    return keras.layers.deserialize(config)

@@ -126,6 +126,19 @@ class ValidatedInputsMixin:
         inputs = self.validate_inputs(inputs)
         return super().call(inputs, training=training, mask=mask)
 
+    def compute_output_spec(self, inputs, training=None, mask=None):
+        # Accept what `__call__` accepts (a single array or the dict, as
+        # arrays or specs). The graph is walked with specs: a layer's
+        # `compute_output_shape` sees no shape for a concrete array.
+        specs = keras.tree.map_structure(
+            lambda x: x if x is None or isinstance(x, keras.KerasTensor)
+            else keras.KerasTensor(
+                x.shape, keras.backend.standardize_dtype(x.dtype)
+            ),
+            self.validate_inputs(inputs),
+        )
+        return super().compute_output_spec(specs, training=training, mask=mask)
+
     def validate_data(self, x):
         if is_array_data(x):
             self.validate_inputs(x)

@@ -8,6 +8,7 @@ from perceiver_keras.layers.adapters import PerceiverTokenAdapter
 from perceiver_keras.layers.blocks import PerceiverCrossAttentionBlock
 from perceiver_keras.layers.blocks import PerceiverSelfAttentionBlock
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
+from perceiver_keras.layers.utils import deserialize_with_dtype
 from perceiver_keras.models import presets
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import validate_backbone_inputs
@@ -100,7 +101,7 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
         inputs_shape = tuple(inputs_shape)
         # === Layers ===
         if isinstance(input_adapter, dict):
-            input_adapter = keras.layers.deserialize(input_adapter)
+            input_adapter = deserialize_with_dtype(input_adapter, dtype)
         if input_adapter is None:
             input_adapter = PerceiverArrayAdapter(
                 position_encoding=None, dtype=dtype, name="input_adapter"

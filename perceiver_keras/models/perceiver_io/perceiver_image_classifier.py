@@ -37,3 +37,12 @@ class PerceiverImageClassifier(PerceiverClassifier):
     """
 
     preprocessor_cls = PerceiverImageClassifierPreprocessor
+
+    def __init__(self, backbone, num_classes, **kwargs):
+        # The preprocessor's output must be the model's input structure.
+        preprocessor = kwargs.get("preprocessor")
+        if isinstance(preprocessor, PerceiverImageClassifierPreprocessor):
+            preprocessor.return_padding_mask = (
+                "padding_mask" in backbone.input
+            )
+        super().__init__(backbone, num_classes, **kwargs)

@@ -9,6 +9,7 @@ from keras import ops
 from perceiver_keras.layers.multimodal import PerceiverMultimodalAdapter
 from perceiver_keras.layers.multimodal import PerceiverMultimodalQueries
 from perceiver_keras.layers.multimodal import PerceiverTokenInput
+from perceiver_keras.layers.utils import deserialize_with_dtype
 from perceiver_keras.models.input_validation import as_array_like
 from perceiver_keras.models.input_validation import shapes_compatible
 from perceiver_keras.models.input_validation import dtype_kind
@@ -89,9 +90,13 @@ class PerceiverMultimodalAutoencoder(PerceiverTask):
         **kwargs,
     ):
         if isinstance(input_adapter, dict):
-            input_adapter = keras.layers.deserialize(input_adapter)
+            input_adapter = deserialize_with_dtype(
+                input_adapter, backbone.dtype_policy
+            )
         if isinstance(decoder_queries, dict):
-            decoder_queries = keras.layers.deserialize(decoder_queries)
+            decoder_queries = deserialize_with_dtype(
+                decoder_queries, backbone.dtype_policy
+            )
         inputs_shape = _check_inputs_shape(inputs_shape)
         _check_parts(backbone, input_adapter, decoder_queries, inputs_shape)
         dtype = backbone.dtype_policy
