@@ -1,6 +1,7 @@
 """HiP against DeepMind's HiP / HiPClassBottleneck (fixtures made with
 google-deepmind/hierarchical_perceiver) and a NumPy reference."""
 
+import importlib.util
 import json
 import os
 
@@ -12,12 +13,17 @@ from conftest import assert_close
 from conftest import to_numpy
 from perceiver_keras.conversion.hip import convert_hip_backbone
 from perceiver_keras.conversion.hip import export_parameters
-from perceiver_keras.conversion.hip import run_inputs
 from perceiver_keras.models.hip.hip_backbone import HiPBackbone
+from perceiver_keras.models.hip.hip_classifier import HiPClassifier
+from perceiver_keras.models.hip.hip_masked_autoencoder import (
+    HiPMaskedAutoencoder,
+)
 from perceiver_keras.models.hip.hip_layers import HiPRegroup
 from perceiver_keras.models.hip.hip_layers import group_plan
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hip")
+CLI = os.path.join(os.path.dirname(__file__), "..", "conversion",
+                   "convert_hip.py")
 CASES = ("hip3_mae", "hipcb3_cls")
 
 
@@ -31,20 +37,63 @@ def fixture(case):
     return d, config, params, inputs, outputs
 
 
+def load_cli():
+    """conversion/convert_hip.py as a module, to call `main(argv)`."""
+    spec = importlib.util.spec_from_file_location("convert_hip", CLI)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module", params=CASES)
-def converted(request):
+def converted(request, tmp_path_factory):
+    """Each fixture converted and run through the pinned command line."""
     d, config, params, inputs, expected = fixture(request.param)
-    backbone = convert_hip_backbone(params, config)
-    return config, params, inputs, expected, backbone, run_inputs(
-        backbone, inputs)
+    out = tmp_path_factory.mktemp(request.param)
+    status = load_cli().main([
+        os.path.join(d, "params.npz"),
+        "--config", os.path.join(d, "config.json"),
+        "--output", str(out / "preset"),
+        "--inputs", os.path.join(d, "inputs.npz"),
+        "--save-outputs", str(out / "outputs.npz"),
+    ])
+    assert status == 0
+    outputs = dict(np.load(out / "outputs.npz"))
+    return config, params, inputs, expected, out / "preset", outputs
 
 
 def test_every_fixture_output_matches(converted):
-    config, _, _, expected, backbone, outputs = converted
+    config, _, _, expected, _, outputs = converted
     assert sorted(outputs) == sorted(expected)
     for key in expected:
         assert_close(outputs[key], expected[key]), key
-    assert backbone.count_params() == config["num_params"]
+
+
+def test_preset_reloads_with_the_weights(converted):
+    config, params, _, _, preset, _ = converted
+    task_cls = (HiPClassifier if config["kind"] == "HiPClassBottleneck"
+                else HiPMaskedAutoencoder)
+    task = task_cls.from_preset(str(preset))
+    assert type(task) is task_cls
+    assert task.count_params() == config["num_params"]
+    # The weights, by DeepMind name (outputs: see the test above).
+    reloaded = export_parameters(task.backbone, config["kind"])
+    assert sorted(reloaded) == sorted(params)
+    for name, value in params.items():
+        np.testing.assert_array_equal(reloaded[name], value)
+
+
+def test_cli_failure_leaves_no_preset(tmp_path):
+    d, config, params, _, _ = fixture("hip3_mae")
+    params.pop("perceiver/block_2/~/self_attend_id_0/layer_norm/scale")
+    np.savez(tmp_path / "params.npz", **params)
+    status = load_cli().main([
+        str(tmp_path / "params.npz"),
+        "--config", os.path.join(d, "config.json"),
+        "--output", str(tmp_path / "preset"),
+    ])
+    assert status == 1
+    assert not (tmp_path / "preset").exists()
 
 
 def test_numpy_reference_reproduces_fixture(converted):
@@ -100,6 +149,10 @@ def five_blocks():
 
 
 def test_five_blocks_transpose_reshape_against_numpy(five_blocks):
+    # Run through from_config(get_config()): checks the config round trip
+    # with the same compiled call.
+    rebuilt = HiPBackbone.from_config(five_blocks.get_config())
+    rebuilt.set_weights(five_blocks.get_weights())
     rng = np.random.default_rng(1)
     inputs = {n: rng.normal(size=(2, m, c)).astype("float32")
               for n, (m, c) in FIVE_BLOCKS["modalities"].items()}
@@ -108,22 +161,10 @@ def test_five_blocks_transpose_reshape_against_numpy(five_blocks):
     kwargs = dict(FIVE_BLOCKS)
     expected = reference.hip(params, inputs, list(kwargs["modalities"]),
                              kwargs, "HiPClassBottleneck")
-    outputs = five_blocks.predict_on_batch(inputs)
+    outputs = rebuilt.predict_on_batch(inputs)
     assert sorted(outputs) == sorted(expected)
     for key in expected:
         assert_close(outputs[key], expected[key])
-
-
-def test_config_round_trip(five_blocks):
-    rebuilt = HiPBackbone.from_config(five_blocks.get_config())
-    rebuilt.set_weights(five_blocks.get_weights())
-    inputs = {n: np.ones((1, m, c), "float32")
-              for n, (m, c) in FIVE_BLOCKS["modalities"].items()}
-    a = five_blocks.predict_on_batch(inputs)
-    b = rebuilt.predict_on_batch(inputs)
-    for key in a:
-        np.testing.assert_allclose(to_numpy(a[key]), to_numpy(b[key]),
-                                   atol=1e-6)
 
 
 def test_bad_inputs_name_the_modality(five_blocks):
