@@ -75,7 +75,7 @@ def test_preset_reloads_with_the_weights(converted):
                 else HiPMaskedAutoencoder)
     task = task_cls.from_preset(str(preset))
     assert type(task) is task_cls
-    assert task.count_params() == config["num_params"]
+    assert task.backbone.count_params() == config["num_params"]
     # The weights, by DeepMind name (outputs: see the test above).
     reloaded = export_parameters(task.backbone, config["kind"])
     assert sorted(reloaded) == sorted(params)

@@ -377,6 +377,7 @@ class HiPBackbone(ValidatedInputsMixin, Backbone):
         super().__init__(inputs=inputs, outputs=outputs, dtype=dtype, **kwargs)
         self._intermediates = intermediates
         self._intermediates_model = None
+        self._output_tensors = outputs
 
         # === Config ===
         self.modalities = modalities
@@ -406,6 +407,18 @@ class HiPBackbone(ValidatedInputsMixin, Backbone):
         """Non-label modalities, in model order."""
         return [n for n, _, _ in self.modalities
                 if n not in self.label_modalities]
+
+    def submodel(self, output_key, name=None):
+        """A functional model of this backbone's layers computing only
+        `output_key` (e.g. `reconstruction/label`): the layers it does not
+        need (the decoder, for a label) are not run."""
+        outputs = dict(self._output_tensors)
+        if output_key not in outputs:
+            raise ValueError(
+                f"`output_key` must be one of {sorted(outputs)}. Received: "
+                f"{output_key!r}."
+            )
+        return keras.Model(self.input, outputs[output_key], name=name)
 
     def intermediate_outputs(self, inputs):
         """The grouped arrays DeepMind's fixtures record, by fixture key

@@ -40,8 +40,9 @@ class HiPClassifier(PerceiverTask):
     `(1, num_classes)`): as in HiP's class-bottleneck training, the label
     enters the processor masked (zeros), and its reconstruction there is the
     class logits `[B, num_classes]`. The task's inputs are the other
-    modalities; the encoder/decoder path and its reconstruction head are
-    part of the model (DeepMind's) but do not affect the logits.
+    modalities. Only the encoder blocks, the processor and the label's head
+    run: the decoder blocks and the main reconstruction head (DeepMind
+    computes them too) do not affect the logits.
 
     Args:
         backbone: a `HiPBackbone` with `label_modalities`.
@@ -94,8 +95,10 @@ class HiPClassifier(PerceiverTask):
         full = dict(inputs)
         full.update({n: layer(reference)
                      for n, layer in self.masked_labels.items()})
-        outputs = backbone(full)
-        logits = self.logits_layer(outputs[f"reconstruction/{label_modality}"])
+        self.label_reader = backbone.submodel(
+            f"reconstruction/{label_modality}", name="label_reader"
+        )
+        logits = self.logits_layer(self.label_reader(full))
         super().__init__(inputs=inputs, outputs=logits, **kwargs)
 
         # === Config ===
@@ -127,7 +130,7 @@ class HiPClassifier(PerceiverTask):
         labels = self.backbone.label_modalities
         return validate_modalities(
             [m for m in self.backbone.modalities if m[0] not in labels],
-            inputs, "HiPClassifier",
+            inputs, "HiPClassifier (the label is predicted, not an input)",
         )
 
     def compile(self, optimizer="auto", loss="auto", *, metrics="auto",

@@ -10,7 +10,13 @@ from perceiver_keras.models.perceiver_task import PerceiverTask
 
 
 class _MaskedBatches(keras.utils.PyDataset):
-    """Batches `(masked inputs, inputs, masks)`, fresh masks every time."""
+    """Batches `(masked inputs, inputs, masks)`.
+
+    Training (`shuffle`) draws new masks every epoch, evaluation always the
+    same ones. A batch's masks depend only on `(seed, [epoch,] index)`:
+    Keras may read a batch twice (to learn the data's structure) and must
+    see the same one.
+    """
 
     def __init__(self, x, batch_size, shuffle, mask_fn, seed):
         super().__init__()
@@ -19,9 +25,11 @@ class _MaskedBatches(keras.utils.PyDataset):
         self.batch_size = batch_size or 32
         self.shuffle = shuffle
         self.mask_fn = mask_fn
-        self.rng = np.random.default_rng(seed)
+        self.seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        self.epoch = 0
         self.order = np.arange(self.size)
-        self.on_epoch_end()
+        if shuffle:
+            np.random.default_rng([self.seed, 0]).shuffle(self.order)
 
     def __len__(self):
         return -(-self.size // self.batch_size)
@@ -29,12 +37,16 @@ class _MaskedBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
         batch = {k: v[rows] for k, v in self.x.items()}
-        masked, masks = self.mask_fn(batch, self.rng)
+        key = [self.seed, self.epoch, index] if self.shuffle else [
+            self.seed, index]
+        rng = np.random.default_rng(key)
+        masked, masks = self.mask_fn(batch, rng)
         return masked, batch, masks
 
     def on_epoch_end(self):
+        self.epoch += 1
         if self.shuffle:
-            self.rng.shuffle(self.order)
+            np.random.default_rng([self.seed, self.epoch]).shuffle(self.order)
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -46,8 +58,9 @@ class HiPMaskedAutoencoder(PerceiverTask):
     element's position encoding). `fit(x)` takes the modalities only: each
     batch, a random `masking_ratio` of the elements of every masked modality
     (per example, exactly `round(ratio * M)` of them) is set to zero before
-    the model sees it, and the loss is the mean squared error on the masked
-    elements only (the masks are the sample weights). The position
+    the model sees it, and the loss is the mean squared error over the masked
+    elements only (the masks are the sample weights), summed over the
+    modalities. The position
     encodings, not the values, tell the model where masked elements are.
 
     Args:
@@ -138,7 +151,10 @@ class HiPMaskedAutoencoder(PerceiverTask):
 
     def mask(self, inputs, rng=None):
         """`(masked_inputs, masks)`: masks `[B, M]` float32, 1 = masked
-        (value zeroed, counted in the loss); zeros for unmasked modalities."""
+        (value zeroed, counted in the loss); zeros for unmasked modalities.
+        `rng`: a NumPy Generator (default: one seeded with `seed`).
+        In `fit`, batch i of epoch e uses `default_rng([s, e, i])`, in
+        `evaluate` `default_rng([s, i])`, `s` derived from `seed`."""
         rng = rng if rng is not None else np.random.default_rng(self.seed)
         masked, masks = {}, {}
         for name, index_dim, _ in self.backbone.modalities:
@@ -186,8 +202,13 @@ class HiPMaskedAutoencoder(PerceiverTask):
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(1e-3)
         if loss == "auto":
-            loss = {n: keras.losses.MeanSquaredError(name=f"{n}_mse")
-                    for n, _, _ in self.backbone.modalities}
+            # Mean over the masked elements (the masks are the weights).
+            loss = {
+                n: keras.losses.MeanSquaredError(
+                    reduction="mean_with_sample_weight", name=f"{n}_mse"
+                )
+                for n, _, _ in self.backbone.modalities
+            }
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def get_config(self):
