@@ -1,0 +1,1 @@
+"""Hierarchical Perceiver (HiP), exact to google-deepmind/hierarchical_perceiver."""
