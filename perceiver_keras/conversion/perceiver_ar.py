@@ -371,3 +371,117 @@ def convert_krasserm(directory):
             )
     assign_weights(backbone, krasserm_rows(backbone), state)
     return PerceiverARCausalLM(backbone=backbone)
+
+
+# --- running fixture-style inputs ----------------------------------------------
+
+
+def deepmind_padding_mask(tokens):
+    """DeepMind's rows are right-padded; a row ends at its first 0 token."""
+    tokens = np.asarray(tokens)
+    is_pad = tokens == 0
+    length = np.where(is_pad.any(1), is_pad.argmax(1), tokens.shape[1])
+    return np.arange(tokens.shape[1])[None, :] < length[:, None]
+
+
+def run_deepmind_inputs(causal_lm, inputs):
+    """`inputs.npz` of a DeepMind case -> `{"logits": [B, N, V]}`."""
+    import keras
+
+    tokens = np.asarray(inputs["inputs"]).astype("int32")
+    mask = deepmind_padding_mask(tokens)
+    backbone = causal_lm.backbone
+    idxs = np.asarray(inputs.get("input_idxs", np.zeros((0,))))
+    if idxs.size and not backbone.terminal_relative_positions:
+        expected = np.where(mask, np.cumsum(mask, 1) - 1
+                            + backbone.position_start, 0)
+        if not np.array_equal(idxs[..., 0], expected):
+            raise ValueError(
+                "`input_idxs` must count the tokens from "
+                f"{backbone.position_start} with 0 on pads (as DeepMind's "
+                "datasets make them); other positions are not supported."
+            )
+    num_latents = int(inputs.get("z_index_dim", backbone.max_latents))
+    logits = causal_lm({"token_ids": tokens, "padding_mask": mask},
+                       num_latents=num_latents)
+    return {"logits": keras.ops.convert_to_numpy(logits)}
+
+
+def generation_step_logits(causal_lm, sequences, padding_mask, prompt_length,
+                           num_latents):
+    """Logits that chose each generated token, replayed through the cache:
+    `[B, T, V]` for the `T` tokens after `prompt_length`."""
+    import keras
+
+    ops = keras.ops
+    _, cache = causal_lm._build_cache(
+        ops.convert_to_tensor(sequences), ops.convert_to_tensor(padding_mask),
+        num_latents)
+    steps = []
+    for index in range(prompt_length - 1, sequences.shape[1] - 1):
+        token = ops.convert_to_tensor(sequences[:, index:index + 1])
+        logits, _, cache = causal_lm.call_with_cache(token, cache, index)
+        steps.append(ops.convert_to_numpy(logits)[:, 0])
+    return np.stack(steps, axis=1)
+
+
+def run_krasserm_inputs(causal_lm, inputs):
+    """`inputs.npz` of a krasserm case -> `logits`, `last_hidden_state` and,
+    with the `gen_*` inputs, `gen_sequences` (greedy, cached) and
+    `gen_step_logits`."""
+    import keras
+
+    outputs = {}
+    if "input_ids" in inputs:
+        ids = np.asarray(inputs["input_ids"]).astype("int32")
+        mask = np.asarray(inputs["attention_mask"]) > 0
+        num_latents = int(inputs.get(
+            "num_latents", ids.shape[1] - int(inputs["prefix_len"])))
+        hidden = causal_lm.backbone({"token_ids": ids, "padding_mask": mask},
+                                    num_latents=num_latents)
+        outputs["last_hidden_state"] = keras.ops.convert_to_numpy(hidden)
+        outputs["logits"] = keras.ops.convert_to_numpy(
+            causal_lm.backbone.token_logits(hidden))
+    if "gen_input_ids" in inputs:
+        prompt = np.asarray(inputs["gen_input_ids"]).astype("int32")
+        new = int(inputs["gen_max_new_tokens"])
+        num_latents = int(inputs["gen_num_latents"])
+        ids = np.pad(prompt, ((0, 0), (0, new)))
+        mask = np.pad(np.asarray(inputs["gen_attention_mask"]) > 0,
+                      ((0, 0), (0, new)))
+        causal_lm.compile(sampler="greedy")
+        generated = causal_lm.generate(
+            {"token_ids": ids, "padding_mask": mask}, stop_token_ids=None,
+            num_latents=num_latents)
+        sequences = np.asarray(generated["token_ids"])
+        outputs["gen_sequences"] = sequences.astype("int64")
+        outputs["gen_step_logits"] = generation_step_logits(
+            causal_lm, sequences.astype("int32"), mask, prompt.shape[1],
+            num_latents)
+    return outputs
+
+
+def convert(source, config=None):
+    """`(causal_lm, kind)` from a DeepMind `checkpoint.dill` (with its
+    config) or a krasserm `save_pretrained` directory / `hf://` name."""
+    if os.path.isfile(source):
+        if config is None:
+            raise ValueError(
+                "A DeepMind checkpoint.dill needs `--config CONFIG_JSON` "
+                "(the fixtures' config.json format)."
+            )
+        return convert_deepmind(source, config), DEEPMIND_KIND
+    if config is not None:
+        raise ValueError(
+            "`--config` is only for DeepMind checkpoints; a krasserm "
+            "directory carries its config.json."
+        )
+    from perceiver_keras.conversion.hf import local_checkpoint
+
+    return convert_krasserm(local_checkpoint(source)), KRASSERM_KIND
+
+
+def run_inputs(causal_lm, kind, inputs):
+    if kind == DEEPMIND_KIND:
+        return run_deepmind_inputs(causal_lm, inputs)
+    return run_krasserm_inputs(causal_lm, inputs)

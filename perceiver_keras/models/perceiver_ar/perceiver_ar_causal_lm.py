@@ -68,6 +68,7 @@ class PerceiverARCausalLM(CausalLM):
         self.dtype_policy = backbone.dtype_policy
         self.num_latents = num_latents
         self.generation_num_latents = generation_num_latents
+        self.build(None)  # every weight is the backbone's, already built
 
     def call(self, inputs, num_latents=None, training=None):
         hidden = self.backbone(
