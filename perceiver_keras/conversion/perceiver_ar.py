@@ -63,7 +63,6 @@ def deepmind_backbone_kwargs(kwargs):
         "include_initial_cross_attention": True,
         "mask_style": "final_block",
         "cross_attention_shape_for_attn": "kv",
-        "cross_attention_head_group_size": 0,
         "concat_pos": True,
     }
     for name, only in unsupported.items():
@@ -72,6 +71,15 @@ def deepmind_backbone_kwargs(kwargs):
                 f"DeepMind option {name}={kwargs[name]!r} is not supported "
                 f"(only {only!r})."
             )
+    # Heads in groups only trade compute for memory, unless a fraction of
+    # each group's heads rotates.
+    if get("cross_attention_head_group_size", 0) and (
+            kwargs["position_encoding_type"] == "rotary"
+            and get("fraction_heads_to_rotate", 1.0) != 1.0):
+        raise ValueError(
+            "cross_attention_head_group_size with fraction_heads_to_rotate "
+            "< 1 is not supported."
+        )
     channels = get("num_z_channels", 1024)
     if get("input_embed_dim", 1024) != channels:
         raise ValueError(

@@ -382,6 +382,18 @@ class PerceiverARBackbone(Backbone):
             keras.initializers.serialize(self.kernel_initializer)
         )
 
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's `from_preset`, plus the built-in names of
+        `perceiver_ar_presets.PRESETS` (see there)."""
+        from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
+
+        return perceiver_ar_presets.from_preset(
+            cls, preset, load_weights, kwargs,
+            lambda p: super(PerceiverARBackbone, cls).from_preset(
+                p, load_weights=load_weights, **kwargs),
+        )
+
     # --- pieces shared by the forward pass and cached generation ----------
 
     def embed(self, token_ids, positions):
@@ -434,6 +446,23 @@ class PerceiverARBackbone(Backbone):
     # --- forward pass -----------------------------------------------------
 
     def call(self, inputs, num_latents=None, training=None):
+        if not isinstance(inputs, dict) or set(inputs) != {
+                "token_ids", "padding_mask"}:
+            found = sorted(inputs) if isinstance(inputs, dict) else type(
+                inputs).__name__
+            raise ValueError(
+                '`inputs` must be a dict with "token_ids" and "padding_mask" '
+                f"([batch, length] each). Received: {found}."
+            )
+        if len(inputs["token_ids"].shape) != 2 or tuple(
+                inputs["token_ids"].shape) != tuple(
+                inputs["padding_mask"].shape):
+            raise ValueError(
+                '`inputs["token_ids"]` and `inputs["padding_mask"]` must both '
+                "be [batch, length]. Received shapes "
+                f"{tuple(inputs['token_ids'].shape)} and "
+                f"{tuple(inputs['padding_mask'].shape)}."
+            )
         token_ids = inputs["token_ids"]
         mask = ops.cast(inputs["padding_mask"], "bool")
         num_latents = num_latents or self.max_latents

@@ -28,6 +28,7 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
 from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
     token_positions,
 )
+from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
 from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor import (  # noqa: E501
     PerceiverARCausalLMPreprocessor,
 )
@@ -69,6 +70,16 @@ class PerceiverARCausalLM(CausalLM):
         self.num_latents = num_latents
         self.generation_num_latents = generation_num_latents
         self.build(None)  # every weight is the backbone's, already built
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's `from_preset`, plus the built-in names of
+        `perceiver_ar_presets.PRESETS` (see there)."""
+        return perceiver_ar_presets.from_preset(
+            cls, preset, load_weights, kwargs,
+            lambda p: super(PerceiverARCausalLM, cls).from_preset(
+                p, load_weights=load_weights, **kwargs),
+        )
 
     def call(self, inputs, num_latents=None, training=None):
         hidden = self.backbone(
