@@ -1,0 +1,1 @@
+"""Perceiver AR: long-context autoregressive modelling (Hawthorne et al.)."""
