@@ -5,7 +5,7 @@ import keras
 from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
     PerceiverARBackbone,
 )
-from perceiver_keras.models.perceiver_tokenizer import PerceiverTokenizer
+from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTokenizer
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
