@@ -44,7 +44,10 @@ class PerceiverDense(keras.layers.Dense):
     def call(self, inputs, training=None):
         flat = inputs
         if len(inputs.shape) > 2:
-            flat = ops.reshape(inputs, (-1, inputs.shape[-1]))
+            width = inputs.shape[-1]
+            if width is None:  # traced with a dynamic channel axis
+                width = ops.shape(inputs)[-1]
+            flat = ops.reshape(inputs, (-1, width))
         if self._plain_product() and jax_half_precision(self.compute_dtype):
             out = self._jax_half_call(flat)
         else:
