@@ -446,23 +446,7 @@ class PerceiverARBackbone(Backbone):
     # --- forward pass -----------------------------------------------------
 
     def call(self, inputs, num_latents=None, training=None):
-        if not isinstance(inputs, dict) or set(inputs) != {
-                "token_ids", "padding_mask"}:
-            found = sorted(inputs) if isinstance(inputs, dict) else type(
-                inputs).__name__
-            raise ValueError(
-                '`inputs` must be a dict with "token_ids" and "padding_mask" '
-                f"([batch, length] each). Received: {found}."
-            )
-        if len(inputs["token_ids"].shape) != 2 or tuple(
-                inputs["token_ids"].shape) != tuple(
-                inputs["padding_mask"].shape):
-            raise ValueError(
-                '`inputs["token_ids"]` and `inputs["padding_mask"]` must both '
-                "be [batch, length]. Received shapes "
-                f"{tuple(inputs['token_ids'].shape)} and "
-                f"{tuple(inputs['padding_mask'].shape)}."
-            )
+        validate_inputs(inputs)
         token_ids = inputs["token_ids"]
         mask = ops.cast(inputs["padding_mask"], "bool")
         num_latents = num_latents or self.max_latents
@@ -560,6 +544,26 @@ class PerceiverARBackbone(Backbone):
             }
         )
         return config
+
+
+def validate_inputs(inputs):
+    """Checks the structure and shapes of backbone inputs at the boundary."""
+    if not isinstance(inputs, dict) or set(inputs) != {
+            "token_ids", "padding_mask"}:
+        found = sorted(inputs) if isinstance(inputs, dict) else type(
+            inputs).__name__
+        raise ValueError(
+            '`inputs` must be a dict with "token_ids" and "padding_mask" '
+            f"([batch, length] each). Received: {found}."
+        )
+    ids, mask = inputs["token_ids"], inputs["padding_mask"]
+    if len(ids.shape) != 2 or tuple(ids.shape) != tuple(mask.shape):
+        raise ValueError(
+            '`inputs["token_ids"]` and `inputs["padding_mask"]` must both be '
+            f"[batch, length]. Received shapes {tuple(ids.shape)} and "
+            f"{tuple(mask.shape)}."
+        )
+    return inputs
 
 
 def _check_choice(name, value, choices):

@@ -22,11 +22,16 @@ import keras
 from keras import ops
 from keras_hub.models import CausalLM
 
+from perceiver_keras.models.perceiver_task import PerceiverTask
+
 from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
     PerceiverARBackbone,
 )
 from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
     token_positions,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
+    validate_inputs,
 )
 from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
 from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor import (  # noqa: E501
@@ -42,7 +47,7 @@ def _any_equal(x, values, mask):
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverARCausalLM(CausalLM):
+class PerceiverARCausalLM(PerceiverTask, CausalLM):
     """Next-token prediction with a `PerceiverARBackbone`.
 
     Args:
@@ -52,6 +57,9 @@ class PerceiverARCausalLM(CausalLM):
             backbone's `max_latents`). The loss covers these positions only.
         generation_num_latents: latents the prompt starts with in
             `generate()` (krasserm's `num_latents`; default 1).
+
+    `fit` / `evaluate` take raw strings (with the preprocessor), NumPy
+    arrays or a `PyDataset` (see `PerceiverTask`).
 
     Call arguments: `{"token_ids", "padding_mask"}`; returns logits
     `[B, num_latents, vocabulary_size]` for the last `num_latents`
@@ -80,6 +88,9 @@ class PerceiverARCausalLM(CausalLM):
             lambda p: super(PerceiverARCausalLM, cls).from_preset(
                 p, load_weights=load_weights, **kwargs),
         )
+
+    def validate_inputs(self, inputs):
+        return validate_inputs(inputs)
 
     def call(self, inputs, num_latents=None, training=None):
         hidden = self.backbone(
