@@ -51,3 +51,24 @@ from perceiver_keras.models.resampler.resampler_backbone import (  # noqa: E402
 from perceiver_keras.models.resampler.resampler_encoder import (  # noqa: E402
     PerceiverResamplerEncoder,
 )
+
+# Perceiver AR.
+from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (  # noqa: E402
+    PerceiverARBackbone,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm import (  # noqa: E402
+    PerceiverARCausalLM,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor import (  # noqa: E402
+    PerceiverARCausalLMPreprocessor,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_tokenizer import (  # noqa: E402
+    PerceiverARTokenizer,
+)
+
+# Hierarchical Perceiver (HiP).
+from perceiver_keras.models.hip.hip_backbone import HiPBackbone  # noqa: E402
+from perceiver_keras.models.hip.hip_classifier import HiPClassifier  # noqa: E402
+from perceiver_keras.models.hip.hip_masked_autoencoder import (  # noqa: E402
+    HiPMaskedAutoencoder,
+)

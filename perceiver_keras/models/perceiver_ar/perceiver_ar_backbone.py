@@ -107,6 +107,19 @@ def gather_rows(x, indices):
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
+def _undo_functional_injection():
+    """Keras rewrites `Backbone.__bases__` to `(Functional,)` the first time
+    any functional backbone is built in a process, after which a subclassed
+    backbone such as this one cannot be constructed. Put `keras.Model` back;
+    the next functional backbone re-injects it for itself. Stopgap: a
+    functional backbone built earlier then misbehaves until one is built
+    again; the lasting fix is a functional `PerceiverARBackbone`."""
+    from keras.src.models.functional import Functional
+
+    if Backbone.__bases__ == (Functional,):
+        Backbone.__bases__ = (keras.Model,)
+
+
 class PerceiverARBackbone(Backbone):
     """Perceiver AR: causal latents over a long context.
 
@@ -229,6 +242,7 @@ class PerceiverARBackbone(Backbone):
                 "`additional_cross_attend_after_layers` must index the "
                 f"{num_layers} self-attention layers. Received: {additional}."
             )
+        _undo_functional_injection()
         super().__init__(dtype=dtype, **kwargs)
 
         # === Config ===
