@@ -13,7 +13,6 @@
 import importlib.util
 import json
 import os
-import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -156,6 +155,7 @@ def deepmind_source(directory, side):
     """A DeepMind image classifier (Fourier positions) checkpoint for
     `side` x `side` images, as a Haiku `{"params": ...}` pickle."""
     from perceiver_keras.conversion import deepmind_image
+    from perceiver_keras.conversion.deepmind import save_deepmind_checkpoint
 
     config = {"kind": "image_fourier", "deepmind_config": {
         "image_size": side, "num_classes": 10,
@@ -175,17 +175,11 @@ def deepmind_source(directory, side):
                     "trainable_position_encoding_kwargs": {
                         "num_channels": 64}},
     }}
-    task = deepmind_image.build_task(config["deepmind_config"])
-    params = {}
-    for name, variable, transform in deepmind_image.weight_rows(
-            task, config["deepmind_config"]):
-        assert transform is None
-        scope, leaf = name.rsplit("/", 1)
-        params.setdefault(scope, {})[leaf] = keras.ops.convert_to_numpy(
-            variable.value)
     os.makedirs(directory, exist_ok=True)
-    with open(os.path.join(directory, "checkpoint.pickle"), "wb") as f:
-        pickle.dump({"params": params}, f)
+    save_deepmind_checkpoint(
+        deepmind_image.build_task(config["deepmind_config"]), config,
+        os.path.join(directory, "checkpoint.pickle"),
+    )
     with open(os.path.join(directory, "config.json"), "w") as f:
         json.dump(config, f)
     return directory

@@ -19,6 +19,9 @@ This module also holds what every kind shares: reading DeepMind's
 import importlib
 import json
 import os
+import pickle
+
+import keras
 
 from perceiver_keras.conversion.common import assign_weights
 from perceiver_keras.conversion.common import (
@@ -122,6 +125,32 @@ def convert_deepmind(checkpoint_path, config, output_dir):
     assign_weights(task, rows, checkpoint_tensors(params, state))
     save_preset_atomically(task, output_dir)
     return task
+
+
+def save_deepmind_checkpoint(task, config, path):
+    """Writes `task`'s weights as a Haiku `{"params": ...}` pickle that
+    `convert_deepmind(path, config, ...)` reads back (for tests and
+    benchmarks of the converter on sizes no released checkpoint has).
+
+    Only kinds whose table stores every array as is (no transform) can be
+    written; others raise a ValueError.
+    """
+    kind, deepmind_config = read_config(config)
+    params = {}
+    for name, variable, transform in kind_module(kind).weight_rows(
+        task, deepmind_config
+    ):
+        if transform is not None:
+            raise ValueError(
+                f"Cannot write a {kind} checkpoint: {name} is transformed "
+                "when read."
+            )
+        scope, leaf = name.rsplit("/", 1)
+        params.setdefault(scope, {})[leaf] = keras.ops.convert_to_numpy(
+            variable.value
+        )
+    with open(path, "wb") as f:
+        pickle.dump({"params": params}, f)
 
 
 # --- shared by every kind: DeepMind's PerceiverEncoder ----------------------
