@@ -27,7 +27,7 @@ def to_numpy(x):
 
 def assert_close(actual, expected, rtol=2e-5):
     """max|diff| <= rtol * max(1, max|expected|), the project's tolerance."""
-    actual, expected = to_numpy(actual), np.asarray(expected)
+    actual, expected = to_numpy(actual), to_numpy(expected)
     assert actual.shape == expected.shape, (actual.shape, expected.shape)
     scale = max(1.0, float(np.abs(expected).max(initial=0.0)))
     diff = float(np.abs(actual - expected).max(initial=0.0))

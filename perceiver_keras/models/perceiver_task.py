@@ -179,7 +179,14 @@ class PerceiverTask(ValidatedInputsMixin, Task):
         previous = self.preprocessor
         if previous is not None and previous is not value:
             self._tracker.untrack(previous)
-        self._preprocessor = value
+        # Putting a preprocessor back on a built task adds no model state.
+        locked = self._tracker.locked
+        self._tracker.unlock()
+        try:
+            self._preprocessor = value
+        finally:
+            if locked:
+                self._tracker.lock()
 
     def validate_inputs(self, inputs):
         return validate_backbone_inputs(self.backbone, inputs)

@@ -106,7 +106,6 @@ def gather_rows(x, indices):
     return ops.take_along_axis(x, indices, axis=1)
 
 
-@keras.saving.register_keras_serializable(package="perceiver_keras")
 def _undo_functional_injection():
     """Keras rewrites `Backbone.__bases__` to `(Functional,)` the first time
     any functional backbone is built in a process, after which a subclassed
@@ -120,6 +119,7 @@ def _undo_functional_injection():
         Backbone.__bases__ = (keras.Model,)
 
 
+@keras.saving.register_keras_serializable(package="perceiver_keras")
 class PerceiverARBackbone(Backbone):
     """Perceiver AR: causal latents over a long context.
 

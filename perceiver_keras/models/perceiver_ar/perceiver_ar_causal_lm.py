@@ -66,6 +66,10 @@ class PerceiverARCausalLM(PerceiverTask, CausalLM):
     positions.
     """
 
+    # keras-hub's CausalLM defaults (cross-entropy on logits, weighted
+    # accuracy), not PerceiverTask's.
+    compile = CausalLM.compile
+
     backbone_cls = PerceiverARBackbone
     preprocessor_cls = PerceiverARCausalLMPreprocessor
 
