@@ -180,13 +180,15 @@ class PerceiverTask(ValidatedInputsMixin, Task):
         if previous is not None and previous is not value:
             self._tracker.untrack(previous)
         # Putting a preprocessor back on a built task adds no model state.
-        locked = self._tracker.locked
-        self._tracker.unlock()
+        tracker = self.__dict__.get("_tracker")  # absent before Model init
+        locked = tracker is not None and tracker.locked
+        if locked:
+            tracker.unlock()
         try:
             self._preprocessor = value
         finally:
             if locked:
-                self._tracker.lock()
+                tracker.lock()
 
     def validate_inputs(self, inputs):
         return validate_backbone_inputs(self.backbone, inputs)
