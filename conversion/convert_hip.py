@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from perceiver_keras.conversion import cli
+
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
@@ -35,15 +37,9 @@ def parse_args(argv):
     parser.add_argument("--config", required=True, metavar="CONFIG_JSON",
                         help="kind, constructor_kwargs, input_order, "
                         "input_shapes")
-    parser.add_argument("--output", required=True, metavar="PRESET_DIR",
-                        help="preset directory to write (replaced if present)")
-    parser.add_argument("--inputs", metavar="INPUTS_NPZ",
-                        help="arrays to run the converted model on")
-    parser.add_argument("--save-outputs", metavar="OUTPUTS_NPZ",
-                        help="where to write the outputs for --inputs")
+    cli.add_arguments(parser)
     args = parser.parse_args(argv)
-    if (args.inputs is None) != (args.save_outputs is None):
-        parser.error("--inputs and --save-outputs must be given together")
+    cli.check_arguments(parser, args)
     return args
 
 

@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+from perceiver_keras.conversion import cli
+
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
@@ -36,12 +38,9 @@ def parse_args(argv):
     parser.add_argument("source", metavar="SOURCE")
     parser.add_argument("--config", metavar="CONFIG_JSON",
                         help="DeepMind model config (required for .dill)")
-    parser.add_argument("--output", required=True, metavar="PRESET_DIR")
-    parser.add_argument("--inputs", metavar="INPUTS_NPZ")
-    parser.add_argument("--save-outputs", metavar="OUTPUTS_NPZ")
+    cli.add_arguments(parser)
     args = parser.parse_args(argv)
-    if (args.inputs is None) != (args.save_outputs is None):
-        parser.error("--inputs and --save-outputs must be given together")
+    cli.check_arguments(parser, args)
     return args
 
 

@@ -33,6 +33,8 @@ import time
 
 import numpy as np
 
+from perceiver_keras.conversion import cli
+
 TOLERANCE = 2e-5
 
 
@@ -43,16 +45,11 @@ def parse_args(argv):
     )
     parser.add_argument("source", metavar="SOURCE",
                         help="save_pretrained directory or hf://owner/name")
-    parser.add_argument("--output", required=True, metavar="PRESET_DIR",
-                        help="preset directory to write (replaced if present)")
-    parser.add_argument("--inputs", metavar="INPUTS_NPZ",
-                        help="npz with `features` [B, M, C] and optional "
-                        "`attention_mask` [B, M]")
-    parser.add_argument("--save-outputs", metavar="OUTPUTS_NPZ",
-                        help="where to write `latents` for --inputs")
+    # --inputs: `features` [B, M, C] and optional `attention_mask` [B, M];
+    # --save-outputs gets `latents`.
+    cli.add_arguments(parser)
     args = parser.parse_args(argv)
-    if (args.inputs is None) != (args.save_outputs is None):
-        parser.error("--inputs and --save-outputs must be given together")
+    cli.check_arguments(parser, args)
     return args
 
 
