@@ -272,12 +272,12 @@ def task_case(request):
 
 def test_keras_hub_task_test(task_case):
     task, train_data, shape = task_case
+    if task.preprocessor is None:  # the saving test below reuses it
+        task.preprocessor = PassThroughPreprocessor()
     if (type(task).__name__ == "PerceiverMultimodalAutoencoder"
             and keras.backend.backend() == "jax"):
         pytest.xfail("open defect: keras-hub's task test gives outputs not "
                      "close to the first call on JAX (multimodal only)")
-    if task.preprocessor is None:
-        task.preprocessor = PassThroughPreprocessor()
     hub.run_task_test(task.__class__, init_kwargs_of(task), train_data,
                       expected_output_shape=shape)
 
