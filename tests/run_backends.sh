@@ -15,7 +15,7 @@ logs=.test-logs
 rm -rf "$logs" && mkdir -p "$logs"
 
 run() {  # run BACKEND: pytest on one backend, exit status to $logs/BACKEND.rc
-  KERAS_BACKEND=$1 "$python" -m pytest -q "${@:2}" \
+  KERAS_BACKEND=$1 "$python" -m pytest -q --durations=15 "${@:2}" \
     --basetemp="$logs/tmp-$1" tests
   echo $? > "$logs/$1.rc"
 }
