@@ -276,6 +276,14 @@ def quantized_error(model, x, mode="int8"):
         if getattr(layer, "quantization_mode", None) == mode
     ]
     assert quantized, f"no layer was quantized to {mode}"
+    # Every Dense, PerceiverDense included (Keras skips Dense subclasses
+    # that do not opt in, with only a warning).
+    missed = [
+        layer.path for layer in copy._flatten_layers()
+        if isinstance(layer, keras.layers.Dense)
+        and getattr(layer, "quantization_mode", None) != mode
+    ]
+    assert not missed, f"Dense layers left unquantized: {missed}"
     return scaled_max_diff(outputs_of(copy, x), expected)
 
 

@@ -57,6 +57,12 @@ class PerceiverDense(keras.layers.Dense):
             out = ops.reshape(out, (*leading, self.units))
         return out
 
+    def quantize(self, mode=None, type_check=True, config=None):
+        # Keras' Dense refuses to quantize subclasses unless they opt in
+        # (their `call` might not handle quantized kernels). This one's
+        # quantized path is Dense's own `call`, on the 2-D view.
+        super().quantize(mode, type_check=False, config=config)
+
     def _plain_product(self):
         # Quantized kernels and LoRA keep Keras' own path.
         return self.quantization_mode is None and not self.lora_enabled

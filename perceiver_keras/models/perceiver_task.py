@@ -190,6 +190,16 @@ class PerceiverTask(ValidatedInputsMixin, Task):
             if locked:
                 tracker.lock()
 
+    def quantize(self, mode, **kwargs):
+        # keras-hub's preprocessing layers hold no weights but stay unbuilt
+        # until called, and Keras refuses to quantize a model with an
+        # unbuilt layer (TensorFlow, JAX: the preprocessor never ran).
+        if self.preprocessor is not None:
+            for layer in self.preprocessor._flatten_layers():
+                if not layer.weights:
+                    layer.built = True
+        super().quantize(mode, **kwargs)
+
     def validate_inputs(self, inputs):
         return validate_backbone_inputs(self.backbone, inputs)
 

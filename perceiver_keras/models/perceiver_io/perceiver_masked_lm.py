@@ -38,7 +38,13 @@ class PerceiverTiedLogits(keras.layers.Layer):
         self.built = True
 
     def call(self, hidden):
-        embeddings = ops.cast(self.token_embedding.embeddings, hidden.dtype)
+        if getattr(self.token_embedding, "quantization_mode", None):
+            # A quantized table holds integers plus scales: let the
+            # embedding dequantize its own rows (any Keras quantization mode).
+            ids = ops.arange(self.token_embedding.input_dim, dtype="int32")
+            embeddings = ops.cast(self.token_embedding(ids), hidden.dtype)
+        else:
+            embeddings = ops.cast(self.token_embedding.embeddings, hidden.dtype)
         logits = ops.matmul(hidden, ops.transpose(embeddings))
         return logits + ops.cast(self.bias, hidden.dtype)
 
