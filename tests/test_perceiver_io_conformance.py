@@ -274,12 +274,12 @@ def test_keras_hub_task_test(task_case):
     task, train_data, shape = task_case
     if task.preprocessor is None:  # the saving test below reuses it
         task.preprocessor = PassThroughPreprocessor()
-    if (type(task).__name__ == "PerceiverMultimodalAutoencoder"
-            and keras.backend.backend() == "jax"):
-        pytest.xfail("open defect: keras-hub's task test gives outputs not "
-                     "close to the first call on JAX (multimodal only)")
+    # One batch for every predict path: keras-hub compares them at 1e-6,
+    # and XLA's kernels for batch 2 and batch 4 differ by ~1.3e-6 in the
+    # multimodal decoder's float32 round-off.
+    batch_size = len(keras.tree.flatten(train_data)[0])
     hub.run_task_test(task.__class__, init_kwargs_of(task), train_data,
-                      expected_output_shape=shape)
+                      expected_output_shape=shape, batch_size=batch_size)
 
 
 def test_keras_hub_task_saving_and_preset_tests(task_case, tmp_path):
