@@ -44,10 +44,10 @@ def default_latents(num_latents, count=MAX_DEFAULT_LATENTS):
 
 def _display_image(image):
     """An image rescaled to [0, 1] for display (inputs are often
-    normalised); single-channel images become 2-D."""
+    normalised), in grey so that the coloured attention map stands out."""
     image = np.asarray(image, dtype="float64")
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
+    if image.ndim == 3:
+        image = image.mean(axis=-1)
     low, high = image.min(), image.max()
     return (image - low) / (high - low) if high > low else image * 0.0
 
@@ -60,8 +60,8 @@ def attention_figure(weights, grid_shape=None, image=None, latents=None,
         weights: `[heads, latents, M]` (or `[latents, M]`: one head).
         grid_shape: the token grid, e.g. `(h, w)` for an image's tokens
             (`h * w == M`); None or one axis: a 1-D input.
-        image: optional `[H, W]` / `[H, W, C]` image under 2-D maps (any
-            size: the map is stretched over it), or a `[M]` / `[M, C]`
+        image: optional `[H, W]` / `[H, W, C]` image under 2-D maps (in
+            grey; any size: the map is stretched over it), or a `[M]` / `[M, C]`
             signal drawn over 1-D maps.
         latents, heads: indices to draw (None: up to four latents spread
             over the array; every head).
@@ -113,7 +113,7 @@ def attention_figure(weights, grid_shape=None, image=None, latents=None,
                 if shown is not None:
                     height, width = shown.shape[:2]
                     extent = (-0.5, width - 0.5, height - 0.5, -0.5)
-                    ax.imshow(shown, cmap="gray" if shown.ndim == 2 else None)
+                    ax.imshow(shown, cmap="gray")
                 ax.imshow(values.reshape(grid), cmap="inferno",
                           alpha=0.6 if shown is not None else 1.0,
                           extent=extent, interpolation="nearest")

@@ -276,9 +276,10 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
             allowed key is all zeros (its output is wiped). A chunked layer
             computes them in a second pass over its chunks; layers not
             asked for compute none. The backbone's own outputs and graph
-            are unchanged: the layers run eagerly here (a Keras layer keeps
-            one output structure per graph, so the weights cannot be extra
-            outputs of a functional model sharing them).
+            are unchanged: the layers are called directly here (a Keras
+            layer keeps one output structure per graph, so the weights
+            cannot be extra outputs of a functional model sharing them),
+            eagerly, or on JAX as one compiled function.
         """
         names = attention_names_from(layers, self.attention_layer_names)
         inputs = self.validate_inputs(inputs)
@@ -286,8 +287,34 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
             key: None if value is None else keras.ops.convert_to_tensor(value)
             for key, value in inputs.items()
         }
-        _, maps = self._encode(inputs, self._schedule(), names)
+        if keras.backend.backend() == "jax":
+            maps = self._compiled_attention_maps(names)(
+                [variable.value for variable in self.variables], inputs
+            )
+        else:
+            _, maps = self._encode(inputs, self._schedule(), names)
         return {name: keras.ops.convert_to_numpy(maps[name]) for name in names}
+
+    def _compiled_attention_maps(self, names):
+        """A jitted `(variable values, inputs) -> maps` (JAX dispatches
+        eager ops one by one, each compiled on first use: slow)."""
+        import jax
+
+        compiled = self.__dict__.get("_attention_maps_functions")
+        if compiled is None:
+            # Not tracked by Keras: functions hold no model state.
+            compiled = {}
+            object.__setattr__(self, "_attention_maps_functions", compiled)
+        if names not in compiled:
+            variables = self.variables
+
+            def maps_of(values, inputs):
+                mapping = zip(variables, values)
+                with keras.StatelessScope(state_mapping=mapping):
+                    return self._encode(inputs, self._schedule(), names)[1]
+
+            compiled[names] = jax.jit(maps_of)
+        return compiled[names]
 
     @property
     def token_width(self):
