@@ -23,6 +23,7 @@ from numpy_reference import gelu
 from numpy_reference import layer_norm
 from perceiver_keras import PerceiverBackbone
 from perceiver_keras import PerceiverClassifier
+from perceiver_keras import PerceiverResamplerBackbone
 from perceiver_keras.layers import PerceiverAttention
 from perceiver_keras.layers import PerceiverImageAdapter
 from perceiver_keras.layers import PerceiverTokenAdapter
@@ -225,6 +226,56 @@ def test_bad_layer_names_raise(backbones):
         backbone.attention_maps(BACKBONE_X, layers=["cross_attention_9"])
     with pytest.raises(ValueError, match="`inputs` must have shape"):
         backbone.attention_maps(randn(2, 41, 8))
+
+
+# === PerceiverResamplerBackbone: every block against NumPy ===
+
+def _no_bias(layer):
+    def pair(d):
+        kernel = as64(d.kernel)
+        return kernel, np.zeros(kernel.shape[-1])
+
+    return {name: pair(getattr(layer, f"{name}_dense"))
+            for name in ("query", "key", "value", "output")}
+
+
+def test_resampler_maps_match_numpy():
+    keras.utils.set_random_seed(4)
+    backbone = PerceiverResamplerBackbone(
+        feature_dim=8, num_latents=3, num_layers=2, num_heads=2, head_dim=4,
+    )
+    features = randn(2, 7, 8)
+    mask = np.ones((2, 7), bool)
+    mask[1, 4:] = False
+    inputs = {"inputs": features, "padding_mask": mask}
+    maps = backbone.attention_maps(inputs)
+    assert backbone.attention_layer_names == [
+        "cross_attention_0", "cross_attention_1"
+    ]
+    latents = np.repeat(as64(backbone.resampler.latents)[None], 2, axis=0)
+    key_mask = np.concatenate([mask, np.ones((2, 3), bool)], axis=1)
+    for name, block in zip(maps, backbone.resampler.blocks, strict=True):
+        queries = _norm(block.latents_norm, latents)
+        key_value = np.concatenate(
+            [_norm(block.features_norm, features.astype(np.float64)), queries],
+            axis=1,
+        )
+        expected, attended = reference_attention(
+            queries, key_value, _no_bias(block.attention), 2,
+            np.repeat(key_mask[:, None], 3, axis=1),
+        )
+        assert maps[name].shape == (2, 2, 3, 10)
+        assert_close(maps[name], expected)
+        latents = latents + attended
+        mlp = block.mlp
+        hidden = gelu(_norm(block.mlp_norm, latents) @ as64(
+            mlp.hidden_dense.kernel), approximate=False)
+        latents = latents + hidden @ as64(mlp.output_dense.kernel)
+    assert np.all(maps["cross_attention_1"][1, :, :, 4:7] == 0)
+    final = _norm(backbone.resampler.output_norm, latents)
+    assert_close(backbone(inputs), final)
+    only = backbone.attention_maps(features, layers="cross_attention_1")
+    assert list(only) == ["cross_attention_1"]
 
 
 # === Figures ===

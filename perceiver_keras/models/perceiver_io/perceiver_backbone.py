@@ -10,6 +10,8 @@ from perceiver_keras.layers.blocks import PerceiverSelfAttentionBlock
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
 from perceiver_keras.layers.utils import deserialize_with_dtype
 from perceiver_keras.models import presets
+from perceiver_keras.models.attention_maps import attention_names_from
+from perceiver_keras.models.attention_maps import compute_attention_maps
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import validate_backbone_inputs
 
@@ -26,20 +28,6 @@ def attention_schedule(cross_attends, self_attends, num_blocks,
             index = block * len(self_attends) + i
             schedule.append((f"self_attention_{index}", layer))
     return schedule
-
-
-def attention_names_from(layers, available):
-    """`layers` (None, a name or names) as a tuple of available names."""
-    if layers is None:
-        return tuple(available)
-    names = (layers,) if isinstance(layers, str) else tuple(layers)
-    unknown = [name for name in names if name not in available]
-    if unknown or not names:
-        raise ValueError(
-            f"`layers` must be None or names from {list(available)}. "
-            f"Received: layers={layers!r}."
-        )
-    return names
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -276,45 +264,15 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
             allowed key is all zeros (its output is wiped). A chunked layer
             computes them in a second pass over its chunks; layers not
             asked for compute none. The backbone's own outputs and graph
-            are unchanged: the layers are called directly here (a Keras
-            layer keeps one output structure per graph, so the weights
-            cannot be extra outputs of a functional model sharing them),
-            eagerly, or on JAX as one compiled function.
+            are unchanged (see `perceiver_keras.models.attention_maps`).
         """
         names = attention_names_from(layers, self.attention_layer_names)
-        inputs = self.validate_inputs(inputs)
-        inputs = {
-            key: None if value is None else keras.ops.convert_to_tensor(value)
-            for key, value in inputs.items()
-        }
-        if keras.backend.backend() == "jax":
-            maps = self._compiled_attention_maps(names)(
-                [variable.value for variable in self.variables], inputs
-            )
-        else:
-            _, maps = self._encode(inputs, self._schedule(), names)
-        return {name: keras.ops.convert_to_numpy(maps[name]) for name in names}
-
-    def _compiled_attention_maps(self, names):
-        """A jitted `(variable values, inputs) -> maps` (JAX dispatches
-        eager ops one by one, each compiled on first use: slow)."""
-        import jax
-
-        compiled = self.__dict__.get("_attention_maps_functions")
-        if compiled is None:
-            # Not tracked by Keras: functions hold no model state.
-            compiled = {}
-            object.__setattr__(self, "_attention_maps_functions", compiled)
-        if names not in compiled:
-            variables = self.variables
-
-            def maps_of(values, inputs):
-                mapping = zip(variables, values)
-                with keras.StatelessScope(state_mapping=mapping):
-                    return self._encode(inputs, self._schedule(), names)[1]
-
-            compiled[names] = jax.jit(maps_of)
-        return compiled[names]
+        return compute_attention_maps(
+            self, names, self.validate_inputs(inputs),
+            lambda inputs, names: self._encode(
+                inputs, self._schedule(), names
+            )[1],
+        )
 
     @property
     def token_width(self):
