@@ -161,7 +161,8 @@ def _backbone_inputs(task, inputs):
 def _grid_and_picture(backbone, x, num_tokens):
     """The token grid of the backbone's adapter and what to draw under the
     maps (the input image or 1-D signal), for the first example `x`."""
-    grid = getattr(backbone.input_adapter, "token_grid", None)
+    adapter = getattr(backbone, "input_adapter", None)  # none: resampler
+    grid = getattr(adapter, "token_grid", None)
     grid = None if grid is None or None in grid else tuple(grid)
     if grid is None or math.prod(grid) != num_tokens or len(grid) > 2:
         grid = (num_tokens,)

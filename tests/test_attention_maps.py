@@ -239,7 +239,7 @@ def _no_bias(layer):
             for name in ("query", "key", "value", "output")}
 
 
-def test_resampler_maps_match_numpy():
+def test_resampler_maps_match_numpy(tmp_path):
     keras.utils.set_random_seed(4)
     backbone = PerceiverResamplerBackbone(
         feature_dim=8, num_latents=3, num_layers=2, num_heads=2, head_dim=4,
@@ -276,6 +276,11 @@ def test_resampler_maps_match_numpy():
     assert_close(backbone.predict(inputs, verbose=0), final)
     only = backbone.attention_maps(features, layers="cross_attention_1")
     assert list(only) == ["cross_attention_1"]
+    # Keys [features; latents] drawn as one strip per latent.
+    drawn = save_attention_png(backbone, inputs, tmp_path / "r.png")
+    np.testing.assert_array_equal(drawn, maps["cross_attention_0"][0])
+    assert _png_size(tmp_path / "r.png")[0] == (3 * PANEL_PIXELS,
+                                                2 * PANEL_PIXELS)
 
 
 # === Figures ===
