@@ -26,6 +26,7 @@ from perceiver_keras import PerceiverClassifier
 from perceiver_keras import PerceiverResamplerBackbone
 from perceiver_keras.layers import PerceiverAttention
 from perceiver_keras.layers import PerceiverImageAdapter
+from perceiver_keras.layers import PerceiverSelfAttentionBlock
 from perceiver_keras.layers import PerceiverTokenAdapter
 from perceiver_keras.layers import chunked_attention
 from perceiver_keras.visualization import PANEL_PIXELS
@@ -116,6 +117,24 @@ def test_chunked_weights_without_masks_and_one_chunk():
         attention_weights(layer), 4,
     )
     assert_close(weights, expected)
+
+
+def test_block_weights_as_functional_outputs():
+    """A block first called with `return_attention=True` in a functional
+    model outputs its weights (symbolic shapes from compute_output_spec)."""
+    x = keras.Input((6, 8))
+    block = PerceiverSelfAttentionBlock(num_heads=2)
+    out, weights = block(x, return_attention=True)
+    assert weights.shape == (None, 2, 6, 6)
+    model = keras.Model(x, {"out": out, "weights": weights})
+    data = randn(2, 6, 8)
+    predicted = model.predict(data, verbose=0)
+    normed = _norm(block.attention_norm, data.astype(np.float64))
+    expected, _ = reference_attention(
+        normed, normed, attention_weights(block.attention), 2
+    )
+    assert_close(predicted["weights"], expected)
+    assert_close(predicted["out"], block(data))
 
 
 # === PerceiverBackbone: maps against a NumPy forward pass ===
