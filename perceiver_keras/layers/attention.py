@@ -22,6 +22,7 @@ from perceiver_keras.layers.chunked_attention import default_chunk_size
 from perceiver_keras.layers.chunked_attention import fused_attend
 from perceiver_keras.layers.chunked_attention import record_attention_call
 from perceiver_keras.layers.chunked_attention import resolve_implementation
+from perceiver_keras.layers.chunked_attention import streamed_attention_weights
 from perceiver_keras.layers.chunked_attention import streaming_attend
 from perceiver_keras.layers.chunked_attention import validate_implementation
 from perceiver_keras.layers.dense import PerceiverDense
@@ -50,7 +51,36 @@ def attention_mask_from(query_mask, key_mask, num_queries, num_keys):
     )
 
 
-def attend(q, k, v, mask=None, wipe_fully_masked_rows=True, dropout=None):
+def attention_weights_spec(num_heads, query, key_value):
+    """The `KerasTensor` of `[B, heads, Q, K]` weights for these inputs."""
+    shape = (query.shape[0], num_heads, query.shape[1], key_value.shape[1])
+    return keras.KerasTensor(shape, dtype="float32")
+
+
+def attention_probabilities(q, k, mask=None):
+    """Float32 softmax(q k^T / sqrt(Dqk)) `[B, H, Q, K]`, masked logits
+    -1e30 (a row with no allowed key is the uniform average)."""
+    head_dim = ops.shape(q)[-1]
+    # Softmax in float32 so half-precision policies stay stable.
+    logits = ops.cast(einsum("bqhd,bkhd->bhqk", q, k, True), "float32")
+    logits = logits * (1.0 / math.sqrt(head_dim))
+    if mask is not None:
+        mask = ops.expand_dims(ops.cast(mask, "bool"), 1)
+        logits = ops.where(mask, logits, ops.cast(-1e30, "float32"))
+    return ops.softmax(logits, axis=-1)
+
+
+def wipe_rows_without_keys(weights, mask):
+    """Zeros for the query rows of `[B, H, Q, K]` weights whose `[B, Q, K]`
+    mask allows no key: the weights the wiped output was made with."""
+    if mask is None:
+        return weights
+    any_key = ops.any(ops.cast(mask, "bool"), axis=-1)[:, None, :, None]
+    return ops.where(any_key, weights, ops.zeros_like(weights))
+
+
+def attend(q, k, v, mask=None, wipe_fully_masked_rows=True, dropout=None,
+           return_weights=False):
     """Scaled dot-product attention on split heads.
 
     Args:
@@ -59,27 +89,27 @@ def attend(q, k, v, mask=None, wipe_fully_masked_rows=True, dropout=None):
         wipe_fully_masked_rows: output zeros for query rows with no allowed
             key (DeepMind) instead of the uniform average softmax gives.
         dropout: optional callable applied to the attention probabilities.
+        return_weights: also return the float32 `[B, H, Q, K]` attention
+            weights (before dropout; zero rows where the output is wiped).
 
     Returns:
-        `[B, Q, H * Dv]`.
+        `[B, Q, H * Dv]` (and the weights when `return_weights`).
     """
-    head_dim = ops.shape(q)[-1]
-    # Softmax in float32 so half-precision policies stay stable.
-    logits = ops.cast(einsum("bqhd,bkhd->bhqk", q, k, True), "float32")
-    logits = logits * (1.0 / math.sqrt(head_dim))
-    if mask is not None:
-        mask = ops.expand_dims(ops.cast(mask, "bool"), 1)
-        logits = ops.where(mask, logits, ops.cast(-1e30, "float32"))
-    weights = ops.cast(ops.softmax(logits, axis=-1), v.dtype)
+    probabilities = attention_probabilities(q, k, mask)
+    weights = ops.cast(probabilities, v.dtype)
     if dropout is not None:
         weights = dropout(weights)
     out = einsum("bhqk,bkhd->bqhd", weights, v)
     batch, num_queries = ops.shape(q)[0], ops.shape(q)[1]
     out = ops.reshape(out, (batch, num_queries, -1))
     if mask is not None and wipe_fully_masked_rows:
-        any_key = ops.any(mask[:, 0], axis=-1, keepdims=True)  # [B, Q, 1]
+        any_key = ops.any(ops.cast(mask, "bool"), axis=-1, keepdims=True)
         out = ops.where(any_key, out, ops.zeros_like(out))
-    return out
+    if not return_weights:
+        return out
+    if wipe_fully_masked_rows:
+        probabilities = wipe_rows_without_keys(probabilities, mask)
+    return out, probabilities
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -205,10 +235,10 @@ class PerceiverAttention(keras.layers.Layer):
         v = self._split_heads(self.value_dense(key_value))
         return k, v
 
-    def _project_chunk(self, chunk, key_value_norm):
+    def _project_chunk(self, chunk, key_value_norm, values=True):
         """`_project_key_value` on a 2-D view of one chunk: TensorFlow cannot
         differentiate a 3-D Dense (tensordot's transposes) inside an
-        XLA-compiled loop."""
+        XLA-compiled loop. `values=False`: the keys only."""
         batch, length = ops.shape(chunk)[0], ops.shape(chunk)[1]
         flat = ops.reshape(chunk, (-1, chunk.shape[-1]))
         if key_value_norm is not None:
@@ -218,6 +248,8 @@ class PerceiverAttention(keras.layers.Layer):
             self.key_dense(flat),
             (batch, length, heads, self.resolved_qk_channels // heads),
         )
+        if not values:
+            return k
         v = ops.reshape(
             self.value_dense(flat),
             (batch, length, heads, self.resolved_v_channels // heads),
@@ -232,7 +264,12 @@ class PerceiverAttention(keras.layers.Layer):
         key_mask=None,
         training=None,
         key_value_norm=None,
+        return_attention=False,
     ):
+        """With `return_attention`, returns `(output, weights)`: the float32
+        `[B, heads, Q, K]` attention weights (before dropout; zero rows
+        where a fully masked row's output is wiped), from whichever path
+        runs; the output is what the call gives without it."""
         key_value = query if key_value is None else key_value
         implementation = self.implementation_for(
             query.shape[1], key_value.shape[1], training
@@ -260,26 +297,64 @@ class PerceiverAttention(keras.layers.Layer):
                     self.dropout_layer.seed_generator.next() if active
                     else None
                 ),
-                remat=self.remat,
+                remat=self.remat and not return_attention,
                 variables=self.key_dense.weights
                 + self.value_dense.weights
                 + list(getattr(key_value_norm, "weights", [])),
+                return_statistics=return_attention,
             )
-            return self.output_dense(out)
+            if not return_attention:
+                return self.output_dense(out)
+            out, statistics = out
+            # A second pass over the chunks, for this layer only.
+            weights = streamed_attention_weights(
+                q,
+                key_value,
+                lambda kv: self._project_chunk(kv, key_value_norm, False),
+                chunk_size,
+                statistics,
+                query_mask=query_mask,
+                key_mask=key_mask,
+                wipe_fully_masked_rows=self.wipe_fully_masked_rows,
+            )
+            return self.output_dense(out), weights
         k, v = self._project_key_value(key_value, key_value_norm)
+        mask = None
+        if return_attention or implementation != "fused":
+            mask = attention_mask_from(
+                query_mask, key_mask, ops.shape(q)[1], ops.shape(k)[1]
+            )
         if implementation == "fused":
             out = fused_attend(
                 q, k, v, query_mask, key_mask, self.wipe_fully_masked_rows
             )
-            return self.output_dense(out)
-        mask = attention_mask_from(
-            query_mask, key_mask, ops.shape(q)[1], ops.shape(k)[1]
-        )
+            out = self.output_dense(out)
+            if not return_attention:
+                return out
+            # The kernel keeps its weights to itself: compute them here.
+            weights = attention_probabilities(q, k, mask)
+            if self.wipe_fully_masked_rows:
+                weights = wipe_rows_without_keys(weights, mask)
+            return out, weights
         dropout = None
         if self.attention_dropout > 0:
             dropout = lambda w: self.dropout_layer(w, training=training)
-        out = attend(q, k, v, mask, self.wipe_fully_masked_rows, dropout)
+        out = attend(
+            q, k, v, mask, self.wipe_fully_masked_rows, dropout,
+            return_weights=return_attention,
+        )
+        if return_attention:
+            out, weights = out
+            return self.output_dense(out), weights
         return self.output_dense(out)
+
+    def compute_output_spec(self, query, key_value=None, *args,
+                            return_attention=False, **kwargs):
+        out = super().compute_output_spec(query, key_value, *args, **kwargs)
+        if not return_attention:
+            return out
+        key_value = query if key_value is None else key_value
+        return out, attention_weights_spec(self.num_heads, query, key_value)
 
     def compute_output_shape(self, query_shape, key_value_shape=None):
         channels = self.output_channels or query_shape[-1]

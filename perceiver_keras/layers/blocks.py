@@ -12,6 +12,7 @@ by chunk (recomputing the whole loop would double its cost).
 import keras
 
 from perceiver_keras.layers.attention import PerceiverAttention
+from perceiver_keras.layers.attention import attention_weights_spec
 from perceiver_keras.layers.chunked_attention import validate_implementation
 from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.utils import clone_initializer
@@ -157,7 +158,8 @@ class _Block(keras.layers.Layer):
         return x + self.dropout_layer(mlp_out, training=training)
 
     def _maybe_remat(self, forward, *tensors, chunked=False):
-        """`forward(*tensors)`, rematerialised when `remat`.
+        """`forward(*tensors)`, rematerialised when `remat` (not when
+        `chunked`, nor when attention weights are returned: inference).
 
         Whatever needs a gradient is passed, not closed over: TensorFlow's
         recompute_grad differentiates only arguments and variables (and
@@ -219,8 +221,12 @@ class PerceiverCrossAttentionBlock(_Block):
         self.built = True
 
     def call(
-        self, query, key_value, query_mask=None, key_mask=None, training=None
+        self, query, key_value, query_mask=None, key_mask=None, training=None,
+        return_attention=False,
     ):
+        """With `return_attention`, returns `(output, weights)`, the weights
+        `[B, heads, Q, K]` as `PerceiverAttention` gives them."""
+
         def forward(query, key_value):
             # The key/value LayerNorm runs inside the attention, chunk by
             # chunk when chunked: no normalised copy of a long input.
@@ -231,17 +237,29 @@ class PerceiverCrossAttentionBlock(_Block):
                 key_mask=key_mask,
                 training=training,
                 key_value_norm=self.key_value_norm,
+                return_attention=return_attention,
             )
+            if return_attention:
+                attended, weights = attended
             attended = self.dropout_layer(attended, training=training)
             x = query + attended if self.use_query_residual else attended
-            return self._add_mlp(x, training)
+            x = self._add_mlp(x, training)
+            return (x, weights) if return_attention else x
 
         implementation = self.attention.implementation_for(
             query.shape[1], key_value.shape[1], training
         )
         return self._maybe_remat(
-            forward, query, key_value, chunked=implementation == "chunked"
+            forward, query, key_value,
+            chunked=implementation == "chunked" or return_attention,
         )
+
+    def compute_output_spec(self, query, key_value, *args,
+                            return_attention=False, **kwargs):
+        out = super().compute_output_spec(query, key_value, *args, **kwargs)
+        if not return_attention:
+            return out
+        return out, attention_weights_spec(self.num_heads, query, key_value)
 
     def get_config(self):
         config = super().get_config()
@@ -263,7 +281,11 @@ class PerceiverSelfAttentionBlock(_Block):
         self._build_attention_and_mlp(input_shape, input_shape)
         self.built = True
 
-    def call(self, x, padding_mask=None, training=None):
+    def call(self, x, padding_mask=None, training=None,
+             return_attention=False):
+        """With `return_attention`, returns `(output, weights)`, the weights
+        `[B, heads, N, N]` as `PerceiverAttention` gives them."""
+
         def forward(x):
             normed = self.attention_norm(x)
             attended = self.attention(
@@ -272,13 +294,25 @@ class PerceiverSelfAttentionBlock(_Block):
                 query_mask=padding_mask,
                 key_mask=padding_mask,
                 training=training,
+                return_attention=return_attention,
             )
+            if return_attention:
+                attended, weights = attended
             x = x + self.dropout_layer(attended, training=training)
-            return self._add_mlp(x, training)
+            x = self._add_mlp(x, training)
+            return (x, weights) if return_attention else x
 
         implementation = self.attention.implementation_for(
             x.shape[1], x.shape[1], training
         )
         return self._maybe_remat(
-            forward, x, chunked=implementation == "chunked"
+            forward, x,
+            chunked=implementation == "chunked" or return_attention,
         )
+
+    def compute_output_spec(self, x, *args, return_attention=False,
+                            **kwargs):
+        out = super().compute_output_spec(x, *args, **kwargs)
+        if not return_attention:
+            return out
+        return out, attention_weights_spec(self.num_heads, x, x)

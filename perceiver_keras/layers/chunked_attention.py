@@ -230,6 +230,51 @@ def _chunk_dropout(weights, rate, seed, chunk_index):
     return ops.where(kept, weights / keep, ops.zeros_like(weights))
 
 
+def _chunking(num_keys, chunk_size):
+    """(chunk, num_chunks, overlaps) for streaming over `num_keys` keys.
+
+    Chunks all have one static size (compiled loops need that); the last
+    one is moved back to end at M, and keys it shares with its predecessor
+    are skipped: no padded copy of the input is needed.
+    """
+    chunk = _minimum(chunk_size, num_keys)
+    if isinstance(num_keys, int):
+        return chunk, -(-num_keys // chunk), num_keys % chunk != 0
+    return chunk, (num_keys + chunk - 1) // chunk, True
+
+
+def _chunk_start(index, chunk, num_keys):
+    return _minimum(index * chunk, num_keys - chunk)
+
+
+def _scaled_queries(q):
+    # Scaling q once saves a pass over every chunk's scores.
+    head_dim = q.shape[-1]
+    return q * ops.cast(1.0 / math.sqrt(head_dim), q.dtype)
+
+
+def _chunk_scores(q, k, start, chunk, rows_taken, query_mask, key_mask):
+    """Float32 masked scores `[B, H, Q, c]` of scaled queries and one chunk
+    of keys starting at `start`."""
+    s = ops.cast(ops.einsum("bqhd,bkhd->bhqk", q, k), "float32")
+    allowed = None
+    if key_mask is not None:
+        allowed = ops.slice(key_mask, (0, start), (rows_taken, chunk))
+        allowed = allowed[:, None, None, :]
+    if query_mask is not None:
+        rows = query_mask[:, None, :, None]
+        allowed = rows if allowed is None else ops.logical_and(allowed, rows)
+    if allowed is not None:
+        s = ops.where(allowed, s, MASKED_LOGIT)
+    return s
+
+
+def _rows_taken(key_value):
+    # -1 ("all") for a batch size unknown when traced: slices then keep
+    # static shapes otherwise, which XLA needs for their gradients.
+    return -1 if key_value.shape[0] is None else key_value.shape[0]
+
+
 def streaming_attend(
     q,
     key_value,
@@ -243,6 +288,7 @@ def streaming_attend(
     dropout_seed=None,
     remat=False,
     variables=(),
+    return_statistics=False,
 ):
     """Exact attention, streaming over key/value chunks.
 
@@ -263,45 +309,24 @@ def streaming_attend(
             `remat` their values are passed to the recomputed step, which
             reads them through a `StatelessScope`: TensorFlow's
             recompute_grad cannot capture variables inside a while loop.
+        return_statistics: also return the softmax statistics `(m, l)`
+            (float32 `[B, H, Q]` row maximum and sum of `exp(s - m)`) that
+            `streamed_attention_weights` turns into the weights.
 
     Returns:
-        `[B, Q, H * Dv]` in the dtype of the queries.
+        `[B, Q, H * Dv]` in the dtype of the queries (and `(m, l)`).
     """
     batch, num_queries, num_heads, head_dim = ops.shape(q)
     num_keys, channels = ops.shape(key_value)[1], key_value.shape[-1]
-    static = isinstance(num_keys, int)
-    # Chunks all have one static size (compiled loops need that); the last
-    # one is moved back to end at M, and keys it shares with its predecessor
-    # are skipped: no padded copy of the input is needed.
-    chunk = _minimum(chunk_size, num_keys)
-    if static:
-        num_chunks = -(-num_keys // chunk)
-        overlaps = num_keys % chunk != 0
-    else:
-        num_chunks = (num_keys + chunk - 1) // chunk
-        overlaps = True
+    chunk, num_chunks, overlaps = _chunking(num_keys, chunk_size)
     key_mask = _flat_mask(key_mask, num_keys)
     query_mask = _flat_mask(query_mask, num_queries)
-    # Scaling q once saves a pass over every chunk's scores.
-    q = q * ops.cast(1.0 / math.sqrt(head_dim), q.dtype)
-    # -1 ("all") for a batch size unknown when traced: slices then keep
-    # static shapes otherwise, which XLA needs for their gradients.
-    rows_taken = -1 if key_value.shape[0] is None else key_value.shape[0]
+    q = _scaled_queries(q)
+    rows_taken = _rows_taken(key_value)
 
     def step(index, start, q, kv, m, l, acc):
         k, v = project_key_value(kv)
-        s = ops.cast(ops.einsum("bqhd,bkhd->bhqk", q, k), "float32")
-        allowed = None
-        if key_mask is not None:
-            allowed = ops.slice(key_mask, (0, start), (rows_taken, chunk))
-            allowed = allowed[:, None, None, :]
-        if query_mask is not None:
-            rows = query_mask[:, None, :, None]
-            allowed = rows if allowed is None else ops.logical_and(
-                allowed, rows
-            )
-        if allowed is not None:
-            s = ops.where(allowed, s, MASKED_LOGIT)
+        s = _chunk_scores(q, k, start, chunk, rows_taken, query_mask, key_mask)
         # m is only a stabiliser: the result does not depend on it.
         m_new = ops.stop_gradient(ops.maximum(m, ops.max(s, axis=-1)))
         p = ops.exp(s - m_new[..., None])
@@ -325,7 +350,7 @@ def streaming_attend(
         return m_new, l, acc
 
     def body(index, carry):
-        start = _minimum(index * chunk, num_keys - chunk)
+        start = _chunk_start(index, chunk, num_keys)
         kv = ops.slice(
             key_value, (0, start, 0), (rows_taken, chunk, channels)
         )
@@ -347,7 +372,7 @@ def streaming_attend(
         ops.zeros(rows, "float32"),
         ops.zeros(rows + (value_head_dim,), "float32"),
     )
-    _, l, acc = _loop(num_chunks, body, init)
+    m, l, acc = _loop(num_chunks, body, init)
     out = acc / l[..., None]  # l >= 1: the row maximum contributes exp(0)
     out = ops.reshape(
         ops.transpose(out, (0, 2, 1, 3)), (batch, num_queries, -1)
@@ -357,7 +382,62 @@ def streaming_attend(
         any_key = rows_with_keys(query_mask, key_mask, num_queries, num_keys)
         if any_key is not None:
             out = ops.where(any_key[..., None], out, ops.zeros_like(out))
+    if return_statistics:
+        return out, (m, l)
     return out
+
+
+def streamed_attention_weights(
+    q,
+    key_value,
+    project_keys,
+    chunk_size,
+    statistics,
+    query_mask=None,
+    key_mask=None,
+    wipe_fully_masked_rows=True,
+):
+    """The float32 `[B, H, Q, M]` weights of a `streaming_attend` call.
+
+    A second pass over the same chunks: each chunk's weights are
+    `exp(s - m) / l` from the call's final statistics `(m, l)`, written into
+    the result; beyond the weights asked for, only one chunk's scores exist
+    at a time. `project_keys`: `[B, c, C] -> k [B, c, H, D]`. Rows with no
+    allowed key are zeros when `wipe_fully_masked_rows` (their output is).
+    """
+    m, l = statistics
+    batch, num_queries, num_heads = ops.shape(q)[:3]
+    num_keys, channels = ops.shape(key_value)[1], key_value.shape[-1]
+    chunk, num_chunks, _ = _chunking(num_keys, chunk_size)
+    key_mask = _flat_mask(key_mask, num_keys)
+    query_mask = _flat_mask(query_mask, num_queries)
+    q = _scaled_queries(q)
+    rows_taken = _rows_taken(key_value)
+    inverse_sum = 1.0 / l[..., None]
+
+    def body(index, weights):
+        # The clamped last chunk rewrites keys of its predecessor with the
+        # same values.
+        start = _chunk_start(index, chunk, num_keys)
+        kv = ops.slice(
+            key_value, (0, start, 0), (rows_taken, chunk, channels)
+        )
+        s = _chunk_scores(
+            q, project_keys(kv), start, chunk, rows_taken, query_mask,
+            key_mask,
+        )
+        p = ops.exp(s - m[..., None]) * inverse_sum
+        return ops.slice_update(weights, (0, 0, 0, start), p)
+
+    init = ops.zeros((batch, num_heads, num_queries, num_keys), "float32")
+    weights = _loop(num_chunks, body, init)
+    if wipe_fully_masked_rows:
+        any_key = rows_with_keys(query_mask, key_mask, num_queries, num_keys)
+        if any_key is not None:
+            weights = ops.where(
+                any_key[:, None, :, None], weights, ops.zeros_like(weights)
+            )
+    return weights
 
 
 def fused_attend(q, k, v, query_mask=None, key_mask=None,

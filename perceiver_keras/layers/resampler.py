@@ -182,7 +182,10 @@ class ResamplerAttention(keras.layers.Layer):
         shape = ops.shape(x)
         return ops.reshape(x, (shape[0], shape[1], heads, self.head_dim))
 
-    def call(self, latents, features, feature_mask=None):
+    def call(self, latents, features, feature_mask=None,
+             return_attention=False):
+        """With `return_attention`, returns `(output, weights)`: float32
+        `[B, heads, N, M + N]` over the keys `[features; latents]`."""
         key_value = ops.concatenate([features, latents], axis=1)
         q = self._split_heads(self.query_dense(latents), self.num_heads)
         k = self._split_heads(
@@ -206,7 +209,11 @@ class ResamplerAttention(keras.layers.Layer):
             mask = attention_mask_from(
                 None, key_mask, ops.shape(q)[1], ops.shape(k)[1]
             )
-        out = attend(q, k, v, mask, wipe_fully_masked_rows=False)
+        out = attend(q, k, v, mask, wipe_fully_masked_rows=False,
+                     return_weights=return_attention)
+        if return_attention:
+            out, weights = out
+            return self.output_dense(out), weights
         return self.output_dense(out)
 
     def compute_output_shape(self, latents_shape, features_shape=None):
@@ -345,12 +352,19 @@ class PerceiverResamplerBlock(keras.layers.Layer):
         self.mlp.build(latents_shape)
         self.built = True
 
-    def call(self, latents, features, feature_mask=None):
-        latents = latents + self.attention(
+    def call(self, latents, features, feature_mask=None,
+             return_attention=False):
+        """With `return_attention`, returns `(latents, weights)` (see
+        `ResamplerAttention`)."""
+        attended = self.attention(
             self.latents_norm(latents), self.features_norm(features),
-            feature_mask=feature_mask,
+            feature_mask=feature_mask, return_attention=return_attention,
         )
-        return latents + self.mlp(self.mlp_norm(latents))
+        if return_attention:
+            attended, weights = attended
+        latents = latents + attended
+        latents = latents + self.mlp(self.mlp_norm(latents))
+        return (latents, weights) if return_attention else latents
 
     def compute_output_shape(self, latents_shape, features_shape=None):
         return latents_shape
@@ -528,7 +542,10 @@ class PerceiverResampler(keras.layers.Layer):
                 f"features.shape={tuple(features.shape)}."
             )
 
-    def call(self, features, padding_mask=None):
+    def call(self, features, padding_mask=None, return_attention=False):
+        """With `return_attention`, returns `(latents, weights)`: a list, one
+        float32 `[B, heads, N, M + N]` per block (keys: the features, then
+        the latents; media input: `[B, T, heads, N, F*V + N]`)."""
         self._check_rank(features)
         media = len(features.shape) == 5
         if not media:  # one medium of one frame
@@ -555,14 +572,23 @@ class PerceiverResampler(keras.layers.Layer):
         latents = ops.broadcast_to(
             latents[None], (batch * num_media, self.num_latents, width)
         )
+        maps = []
         for block in self.blocks:
-            latents = block(latents, features, feature_mask=padding_mask)
+            latents = block(latents, features, feature_mask=padding_mask,
+                            return_attention=return_attention)
+            if return_attention:
+                latents, weights = latents
+                if media:
+                    weights = ops.reshape(
+                        weights, (batch, num_media) + tuple(weights.shape[1:])
+                    )
+                maps.append(weights)
         latents = self.output_norm(latents)
         if media:
-            return ops.reshape(
+            latents = ops.reshape(
                 latents, (batch, num_media, self.num_latents, width)
             )
-        return latents
+        return (latents, maps) if return_attention else latents
 
     def compute_output_shape(self, features_shape, padding_mask_shape=None):
         if len(features_shape) == 5:

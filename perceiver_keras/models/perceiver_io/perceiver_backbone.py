@@ -10,8 +10,24 @@ from perceiver_keras.layers.blocks import PerceiverSelfAttentionBlock
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
 from perceiver_keras.layers.utils import deserialize_with_dtype
 from perceiver_keras.models import presets
+from perceiver_keras.models.attention_maps import attention_names_from
+from perceiver_keras.models.attention_maps import compute_attention_maps
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import validate_backbone_inputs
+
+
+def attention_schedule(cross_attends, self_attends, num_blocks,
+                       num_cross_attends):
+    """`[(name, block layer)]` for every attention application, in order."""
+    schedule = []
+    for block in range(num_blocks):
+        if block < num_cross_attends:
+            layer = cross_attends[min(block, len(cross_attends) - 1)]
+            schedule.append((f"cross_attention_{block}", layer))
+        for i, layer in enumerate(self_attends):
+            index = block * len(self_attends) + i
+            schedule.append((f"self_attention_{index}", layer))
+    return schedule
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -166,16 +182,12 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
                 optional=True,
             )
             model_inputs["padding_mask"] = padding_mask
-        tokens = input_adapter(inputs)
-        x = self.latents(tokens)
-        for block in range(num_blocks):
-            if block < num_cross_attends:
-                cross_attend = self.cross_attends[
-                    min(block, len(self.cross_attends) - 1)
-                ]
-                x = cross_attend(x, tokens, key_mask=padding_mask)
-            for self_attend in self.self_attends:
-                x = self_attend(x)
+        x, _ = self._encode(
+            model_inputs, attention_schedule(
+                self.cross_attends, self.self_attends, num_blocks,
+                num_cross_attends,
+            ),
+        )
         super().__init__(inputs=model_inputs, outputs=x, dtype=dtype, **kwargs)
 
         # === Config ===
@@ -202,6 +214,65 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
         self.attention_implementation = attention_implementation
         self.key_value_chunk_size = key_value_chunk_size
         self.remat = remat
+
+    def _encode(self, inputs, schedule, attention_names=()):
+        """The encoder on the input dict; also returns `{name: weights}`
+        for the attention layers named (see `attention_layer_names`)."""
+        padding_mask = inputs.get("padding_mask")
+        tokens = self.input_adapter(inputs["inputs"])
+        x = self.latents(tokens)
+        maps = {}
+        for name, layer in schedule:
+            arguments = {"return_attention": True} if (
+                name in attention_names
+            ) else {}
+            if name.startswith("cross"):
+                x = layer(x, tokens, key_mask=padding_mask, **arguments)
+            else:
+                x = layer(x, **arguments)
+            if arguments:
+                x, maps[name] = x
+        return x, maps
+
+    @property
+    def attention_layer_names(self):
+        """Names of the attention applications, in order:
+        `cross_attention_{i}` (the i-th read of the input; weights
+        `[B, cross heads, num_latents, M]`) and `self_attention_{j}` (the
+        j-th self-attention layer run, counting every repetition of the
+        shared block; weights `[B, self heads, num_latents, num_latents]`).
+        """
+        return [name for name, _ in self._schedule()]
+
+    def _schedule(self):
+        return attention_schedule(
+            self.cross_attends, self.self_attends, self.num_blocks,
+            self.num_cross_attends,
+        )
+
+    def attention_maps(self, inputs, layers=None):
+        """The attention weights of the layers asked for, on `inputs`.
+
+        Args:
+            inputs: what the backbone takes (an array or the input dict).
+            layers: names from `attention_layer_names`, one name, or None
+                (all).
+
+        Returns:
+            `{name: float32 NumPy [B, heads, queries, keys]}`. Weights sum
+            to 1 over the keys, masked keys get 0, and a query row with no
+            allowed key is all zeros (its output is wiped). A chunked layer
+            computes them in a second pass over its chunks; layers not
+            asked for compute none. The backbone's own outputs and graph
+            are unchanged (see `perceiver_keras.models.attention_maps`).
+        """
+        names = attention_names_from(layers, self.attention_layer_names)
+        return compute_attention_maps(
+            self, names, self.validate_inputs(inputs),
+            lambda inputs, names: self._encode(
+                inputs, self._schedule(), names
+            )[1],
+        )
 
     @property
     def token_width(self):

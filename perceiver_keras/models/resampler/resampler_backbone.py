@@ -4,6 +4,8 @@ import keras
 from keras_hub.models import Backbone
 
 from perceiver_keras.layers.resampler import PerceiverResampler
+from perceiver_keras.models.attention_maps import attention_names_from
+from perceiver_keras.models.attention_maps import compute_attention_maps
 from perceiver_keras.models.input_validation import validate_backbone_inputs
 from perceiver_keras.models.resampler.resampler_presets import (
     builtin_backbone_config,
@@ -112,6 +114,35 @@ class PerceiverResamplerBackbone(Backbone):
         self.max_num_media = max_num_media
         self.max_num_frames = max_num_frames
         self.latents_initializer = latents_initializer
+
+    @property
+    def attention_layer_names(self):
+        """`cross_attention_{i}`, one per block: the latents attend to the
+        features and themselves (weights `[B, heads, N, M + N]`, keys in
+        that order)."""
+        return [f"cross_attention_{i}" for i in range(self.num_layers)]
+
+    def attention_maps(self, inputs, layers=None):
+        """`{name: float32 NumPy [B, heads, N, M + N]}` of the blocks asked
+        for (see `attention_layer_names`): the features' weights first, 0
+        where `padding_mask` is False, then the latents'. Outputs are
+        unchanged (see `perceiver_keras.models.attention_maps`)."""
+        names = attention_names_from(layers, self.attention_layer_names)
+
+        def forward(inputs, names):
+            x = inputs["inputs"]
+            if self.input_projection is not None:
+                x = self.input_projection(x)
+            _, maps = self.resampler(
+                x, padding_mask=inputs.get("padding_mask"),
+                return_attention=True,
+            )
+            every = dict(zip(self.attention_layer_names, maps))
+            return {name: every[name] for name in names}
+
+        return compute_attention_maps(
+            self, names, self.validate_inputs(inputs), forward
+        )
 
     @property
     def output_dim(self):
