@@ -40,6 +40,7 @@ from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTok
 # Converters register their `from_preset` routes (hf://, save_pretrained
 # directories) on import; the model classes import no converter.
 from perceiver_keras.conversion import hf as _hf_routes  # noqa: F401
+from perceiver_keras.conversion import deepmind_download as _dm_downloads  # noqa: F401
 
 __version__ = "0.1.0"
 
