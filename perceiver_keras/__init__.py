@@ -1,5 +1,11 @@
 """Perceiver and Perceiver IO for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
+# The `perceiver-keras` command answers --help and bad arguments before
+# Keras and a backend start (it imports nothing else).
+from perceiver_keras.cli import answer_early as _answer_early
+
+_answer_early()
+
 from perceiver_keras._quiet_tensorflow import import_tensorflow_quietly
 
 import_tensorflow_quietly()
