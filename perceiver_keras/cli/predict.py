@@ -66,16 +66,28 @@ def class_names(task, preset):
     return {}
 
 
-def image_model_inputs(task, image):
-    """The model's input for one image, preprocessed as `predict` does."""
+def predict_input(task, image):
+    """What `task.predict` takes for one image: the raw image when the
+    preset has a preprocessor (predict applies it), otherwise the image
+    resized to the model's input size and scaled to [0, 1]."""
     import keras
 
     if task.preprocessor is not None:
-        x = task.preprocessor(image[None])
-        return keras.tree.map_structure(keras.ops.convert_to_numpy, x)
+        return image[None]
     height, width = task.backbone.inputs_shape[:2]
     resized = keras.ops.image.resize(image[None], (height, width))
-    return {"inputs": keras.ops.convert_to_numpy(resized) / 255.0}
+    return keras.ops.convert_to_numpy(resized) / 255.0
+
+
+def model_inputs(task, x):
+    """The model's own input for `x` (preprocessed, as a dict)."""
+    import keras
+
+    if task.preprocessor is not None:
+        x = task.preprocessor(x)
+    if not isinstance(x, dict):
+        x = {"inputs": x}
+    return keras.tree.map_structure(keras.ops.convert_to_numpy, x)
 
 
 def softmax(logits):
@@ -87,14 +99,15 @@ def classify(task, preset, files, top):
     names = class_names(task, preset)
     results = []
     for path in files:
-        inputs = image_model_inputs(task, load_image(path))
-        logits = np.asarray(task.predict_on_batch(inputs), "float64")[0]
+        x = predict_input(task, load_image(path))
+        logits = np.asarray(task.predict(x, verbose=0), "float64")[0]
         probabilities = softmax(logits)
         best = np.argsort(-probabilities)[:top]
         results.append({"file": str(path), "top": [
             {"class": int(i), "name": names.get(int(i), f"class {i}"),
              "probability": float(probabilities[i])} for i in best]})
-    return results, image_model_inputs(task, load_image(files[0]))
+    return results, model_inputs(task, predict_input(
+        task, load_image(files[0])))
 
 
 def fill_masks(task, files, texts):
@@ -122,7 +135,7 @@ def optical_flow(task, files, output):
     pair = (np.stack(frames)[None] / 255.0 * 2 - 1).astype("float32")
     window = tuple(task.backbone.inputs_shape[1:3])
     if pair.shape[2:4] == window:
-        flow = np.asarray(task.predict_on_batch({"inputs": pair}))[0]
+        flow = np.asarray(task.predict({"inputs": pair}, verbose=0))[0]
     else:
         print(f"frames {pair.shape[2:4]} are not the model's {window}: "
               "computing flow from overlapping windows", file=sys.stderr)

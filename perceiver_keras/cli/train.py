@@ -27,6 +27,7 @@ import csv
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -197,6 +198,21 @@ def checkpoint_callback(output, classes, state):
     return Checkpoints()
 
 
+def load_checkpoint(path):
+    """The task of a `last.keras` with its optimizer state."""
+    import keras
+
+    # The optimizer compiled by load_model has no slots yet, so Keras skips
+    # the saved ones (with a warning): create them, then read them.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Skipping variable loading for "
+                                "optimizer")
+        task = keras.saving.load_model(path)
+    task.optimizer.build(task.trainable_variables)
+    task.load_weights(path)
+    return task
+
+
 def run(args):
     import keras
 
@@ -229,7 +245,7 @@ def run(args):
     keras.utils.set_random_seed(seed + state["epoch"])
 
     if args.resume:
-        task = keras.saving.load_model(output / LAST_FILE)
+        task = load_checkpoint(output / LAST_FILE)
         print(f"resuming after epoch {state['epoch']} (best so far: epoch "
               f"{state['best_epoch']}, val_loss {state['best_val_loss']:.4f})",
               flush=True)
