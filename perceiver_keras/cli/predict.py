@@ -124,7 +124,11 @@ def optical_flow(task, files, output):
     if len(files) != 2:
         raise ValueError("an optical-flow preset needs exactly two frames. "
                          f"Received {len(files)} files.")
-    from PIL import Image
+    try:
+        from PIL import Image
+    except ImportError as e:
+        raise ValueError("Writing the flow image needs Pillow: pip install "
+                         "pillow") from e
 
     from perceiver_keras.cli.flow_image import flow_to_rgb
 
