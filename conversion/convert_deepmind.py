@@ -15,12 +15,13 @@ There is no reference to compare against here: DeepMind's code needs
 Haiku; the fixtures' `outputs.npz` hold its outputs.
 
 Exit status: 0 on success, 1 if the conversion fails, 2 on bad arguments.
+
+A thin wrapper: `perceiver-keras convert CHECKPOINT ...` does the same from
+a pip install (`perceiver_keras.cli.convert`).
 """
 
 import argparse
-import pickle
 import sys
-import time
 
 from perceiver_keras.conversion import cli
 
@@ -41,32 +42,14 @@ def parse_args(argv):
     cli.add_arguments(parser)
     args = parser.parse_args(argv)
     cli.check_arguments(parser, args)
+    args.source = args.checkpoint
     return args
 
 
 def main(argv=None):
-    args = parse_args(argv)
-    from perceiver_keras.conversion.deepmind import convert_deepmind
-    from perceiver_keras.conversion.deepmind import read_config
-    from perceiver_keras.conversion.deepmind import run_inputs
-    from perceiver_keras.models.presets import builtin_preset
+    from perceiver_keras.cli.convert import deepmind
 
-    start = time.time()
-    try:
-        config = builtin_preset(args.model) if args.model else args.config
-        kind, _ = read_config(config)
-        task = convert_deepmind(args.checkpoint, config, args.output)
-        print(f"converted {args.checkpoint} ({kind}, "
-              f"{task.count_params():,} parameters) -> {args.output} "
-              f"in {time.time() - start:.1f}s")
-        if args.inputs:
-            inputs = cli.load_inputs(args.inputs)
-            cli.save_outputs(args.save_outputs, run_inputs(kind, task, inputs))
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        # UnsafeCheckpointError is an UnpicklingError: refused, not run.
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return deepmind(parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -26,16 +26,16 @@ are written before any comparison.
 Exit status: 0 on success, 1 if the conversion fails, the outputs differ
 from transformers' beyond max|diff| <= 2e-5 * max(1, max|ref|), or a
 comparison asked for with `--compare` cannot run; 2 on bad arguments.
+
+A thin wrapper: `perceiver-keras convert SOURCE ...` does the same from a
+pip install (`perceiver_keras.cli.convert`).
 """
 
 import argparse
-import importlib.util
-import pickle
 import sys
-import time
 
-import numpy as np
-
+from perceiver_keras.cli.convert import reference_missing
+from perceiver_keras.cli.convert import transformers
 from perceiver_keras.conversion import cli
 
 
@@ -52,69 +52,9 @@ def parse_args(argv):
     return args
 
 
-def input_bytes(inputs):
-    if isinstance(inputs, dict):
-        return sum(input_bytes(v) for v in inputs.values())
-    return np.asarray(inputs).nbytes
-
-
-def reference_missing():
-    """Why transformers cannot run here, or None."""
-    if not all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
-        return "transformers/torch not installed"
-    return None
-
-
-def compare_with_transformers(args, directory, model, inputs, outputs, calls):
-    """Exit status of the comparison (see `cli.compare_with_reference`)."""
-    # transformers' copy of the weights and inputs, plus its plain attention.
-    needed = cli.attention_peak_bytes(
-        calls, weight_bytes=4 * model.count_params()
-    ) + input_bytes(inputs)
-
-    def run_reference():
-        from perceiver_keras.conversion.hf_reference import reference_outputs
-
-        return reference_outputs(directory, inputs)
-
-    return cli.compare_with_reference(
-        outputs, "transformers", run_reference, needed,
-        compare=args.compare, missing=reference_missing(),
-        what="" if args.inputs else "(example inputs)",
-    )
-
-
 def main(argv=None):
-    args = parse_args(argv)
-    from perceiver_keras.conversion.hf import convert_transformers
-    from perceiver_keras.conversion.hf import example_inputs
-    from perceiver_keras.conversion.hf import local_checkpoint
-    from perceiver_keras.conversion.hf import run_inputs
-
-    start = time.time()
-    try:
-        directory = local_checkpoint(args.source)
-        model = convert_transformers(directory, args.output)
-        architecture = model.transformers_config["architectures"][0]
-        print(f"converted {args.source} ({architecture} -> "
-              f"{type(model).__name__}, {model.count_params():,} parameters)"
-              f" -> {args.output} in {time.time() - start:.1f}s", flush=True)
-        if args.inputs:
-            inputs = cli.load_inputs(args.inputs, nested=True)
-        else:
-            inputs = example_inputs(model)
-        outputs, calls = cli.run_recording_sizes(
-            lambda: run_inputs(model, inputs)
-        )
-        if args.save_outputs:
-            cli.save_outputs(args.save_outputs, outputs)
-        return compare_with_transformers(
-            args, directory, model, inputs, outputs, calls
-        )
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        # UnsafeCheckpointError is an UnpicklingError: refused, not run.
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    # `reference_missing` is looked up here, so a test can replace it.
+    return transformers(parse_args(argv), reference_missing)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from perceiver_keras.conversion.deepmind import kind_module
 from perceiver_keras.models.presets import keras_config
 
 PRESETS = Path(__file__).resolve().parents[1] / "presets" / "perceiver_io"
-CONVERT = ("python conversion/convert_deepmind.py {checkpoint} "
+CONVERT = ("perceiver-keras convert {checkpoint} "
            "--model {name} --output {{output}}")
 
 

@@ -1,5 +1,11 @@
 """Perceiver and Perceiver IO for Keras 3 (TensorFlow, JAX, PyTorch)."""
 
+# The `perceiver-keras` command answers --help and bad arguments before
+# Keras and a backend start (it imports nothing else).
+from perceiver_keras.cli import answer_early as _answer_early
+
+_answer_early()
+
 from perceiver_keras._quiet_tensorflow import import_tensorflow_quietly
 
 import_tensorflow_quietly()
@@ -40,6 +46,7 @@ from perceiver_keras.models.perceiver_io.perceiver_tokenizer import PerceiverTok
 # Converters register their `from_preset` routes (hf://, save_pretrained
 # directories) on import; the model classes import no converter.
 from perceiver_keras.conversion import hf as _hf_routes  # noqa: F401
+from perceiver_keras.conversion import deepmind_download as _dm_downloads  # noqa: F401
 
 __version__ = "0.1.0"
 

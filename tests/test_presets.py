@@ -75,14 +75,16 @@ def test_unknown_name_is_refused():
         builtin_preset("perceiver_io_imagenet")
 
 
-def test_missing_weights_error_says_how_to_convert(empty_home):
+def test_missing_weights_error_says_how_to_convert(empty_home, monkeypatch):
+    # Offline, the download route (test_download.py) gives the manual way.
+    monkeypatch.setenv("PERCEIVER_KERAS_OFFLINE", "1")
     name = "perceiver_io_imagenet_conv"
     for cls in (PerceiverImageClassifier, PerceiverTask, PerceiverBackbone):
         with pytest.raises(ValueError) as error:
             cls.from_preset(name)
         message = str(error.value)
         assert (
-            "python conversion/convert_deepmind.py "
+            "perceiver-keras convert "
             "imagenet_conv_preprocessing.pystate "
             f"--model {name} --output {empty_home / name}"
         ) in message

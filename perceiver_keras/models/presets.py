@@ -17,8 +17,15 @@ handles, so these names are not registered there):
    `~/.cache/perceiver_keras/NAME`) is loaded like any preset directory;
 2. otherwise, with `load_weights=False`, the architecture is built offline
    from `keras_config` with random weights;
-3. otherwise a `ValueError` gives the download URL and the conversion
-   command that creates the local copy.
+3. otherwise a registered weights fetcher (`register_weights_fetcher`;
+   the DeepMind converter registers one that downloads the released file,
+   checks its SHA-256 and converts it once) creates the local copy;
+4. failing that (offline, no fetcher for the family), a `ValueError` gives
+   the download URL and the conversion command that creates it.
+
+`$PERCEIVER_KERAS_PRESET_PATH` (directories, `os.pathsep`-separated) adds
+preset JSON folders searched before the built-in ones (own definitions,
+tests).
 
 Other sources (a transformers `hf://` name or `save_pretrained` directory)
 are handled by routes that the converters register with
@@ -48,11 +55,20 @@ _SEARCH_PATH = (
 )
 
 
-@functools.lru_cache(maxsize=None)
+def _search_path():
+    extra = os.environ.get("PERCEIVER_KERAS_PRESET_PATH", "")
+    return tuple(Path(p) for p in extra.split(os.pathsep) if p) + _SEARCH_PATH
+
+
 def _builtin_files():
     """`{name: path}` of every built-in preset JSON (first found wins)."""
+    return _files_in(_search_path())
+
+
+@functools.lru_cache(maxsize=None)
+def _files_in(search_path):
     files = {}
-    for directory in reversed(_SEARCH_PATH):
+    for directory in reversed(search_path):
         for path in sorted(directory.glob("*/*.json")):
             files[path.stem] = path
     return files
@@ -70,14 +86,18 @@ def is_builtin(preset):
     return isinstance(preset, str) and preset in _builtin_files()
 
 
-@functools.lru_cache(maxsize=None)
 def builtin_preset(name):
     """The JSON of a built-in preset: `keras_config`, source config, metadata."""
     if not is_builtin(name):
         raise ValueError(
             f"`name` must be one of {builtin_names()}. Received: {name!r}."
         )
-    with open(_builtin_files()[name], encoding="utf-8") as f:
+    return _read_preset(_builtin_files()[name])
+
+
+@functools.lru_cache(maxsize=None)
+def _read_preset(path):
+    with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
@@ -89,7 +109,7 @@ def local_preset_dir(name):
     return Path(home).expanduser() / name
 
 
-def _missing_weights_message(name):
+def missing_weights_message(name):
     spec = builtin_preset(name)
     local = local_preset_dir(name)
     return (
@@ -160,6 +180,17 @@ def register_after_load(hook):
     _AFTER_LOAD.append(hook)
 
 
+# `fetch(name, local_dir) -> bool`: writes the converted preset of a
+# built-in name to `local_dir` (True), or leaves it to others (False).
+_WEIGHTS_FETCHERS = []
+
+
+def register_weights_fetcher(fetch):
+    """Lets `from_preset(NAME)` create a missing local copy of a built-in
+    preset (download and convert) instead of refusing."""
+    _WEIGHTS_FETCHERS.append(fetch)
+
+
 def _load_directory(load_preset, preset):
     model = load_preset(preset)
     for hook in _AFTER_LOAD:
@@ -180,5 +211,8 @@ def from_preset(cls, preset, load_weights, kwargs, load_preset):
     if (local / "config.json").is_file():
         return _load_directory(load_preset, str(local))
     if load_weights:
-        raise ValueError(_missing_weights_message(preset))
+        for fetch in _WEIGHTS_FETCHERS:
+            if fetch(preset, local):
+                return _load_directory(load_preset, str(local))
+        raise ValueError(missing_weights_message(preset))
     return _build_offline(cls, preset, kwargs)

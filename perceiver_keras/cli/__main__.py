@@ -1,0 +1,7 @@
+"""`python -m perceiver_keras.cli ...`: the `perceiver-keras` command."""
+
+import sys
+
+from perceiver_keras.cli import main
+
+sys.exit(main())
