@@ -155,13 +155,11 @@ def optical_flow(task, files, output):
 
 
 def save_attention(task, inputs, path):
-    try:
-        from perceiver_keras.visualization import save_attention_png
-    except ImportError as e:
-        raise ValueError(
-            "--attention needs perceiver_keras.visualization, which this "
-            f"installation lacks ({e})") from e
-    save_attention_png(task, inputs, path)
+    """`inputs` are already the model's own (preprocessed), so the maps are
+    drawn from the backbone, which does not preprocess again."""
+    from perceiver_keras.visualization import save_attention_png
+
+    save_attention_png(task.backbone, inputs, path)
     print(f"attention map -> {path}", file=sys.stderr)
 
 
