@@ -192,3 +192,159 @@ def test_fourier_features_under_torch_compile():
     out = compiled(x)
     expected = layer.features_for((6, 5))
     assert_close(out, np.broadcast_to(expected, (2,) + expected.shape))
+
+
+# --- the benchmark's helpers (benchmarks/throughput/) -------------------------
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from throughput import measure  # noqa: E402
+from throughput import report  # noqa: E402
+from throughput import workloads  # noqa: E402
+from throughput.keras_runner import step_intervals  # noqa: E402
+from throughput.main import failed_checks  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def small_backbone():
+    return PerceiverBackbone(
+        inputs_shape=(None, 3), num_latents=4, latent_dim=8,
+        num_self_attends_per_block=1, num_cross_attend_heads=1,
+    )
+
+
+def test_benchmark_counts_runs_and_fails_an_eager_model(small_backbone):
+    x = np.random.default_rng(0).normal(size=(2, 5, 3)).astype("float32")
+    model = small_backbone
+    before = vars(type(model)).get("call")
+    try:
+        _, record = measure.time_calls(lambda: model.predict_on_batch(x), 3,
+                                       1e9, model=model)
+        assert record["traces"] >= 1  # the trace, or torch's eager run
+        assert record["timed_runs"] == measure.allowed_runs(BACKEND, 3)
+        measure.check_runs(BACKEND, record["timed_runs"], 3, "compiled")
+        # Eager execution (Keras' slow path): the model's call runs on
+        # every predict_on_batch.
+        model.run_eagerly = True
+        model.predict_function = None
+        _, record = measure.time_calls(lambda: model.predict_on_batch(x), 3,
+                                       1e9, model=model)
+    finally:
+        model.run_eagerly = False
+        model.predict_function = None
+    assert record["timed_runs"] == 3
+    if BACKEND == "torch":  # always eager: nothing to catch (n/a)
+        measure.check_runs(BACKEND, 3, 3, "eager")
+    else:
+        with pytest.raises(measure.RetraceError, match="ran 3 times in 3"):
+            measure.check_runs(BACKEND, record["timed_runs"], 3, "eager")
+    # The class is restored: no counting outside the context.
+    assert vars(type(model)).get("call") is before
+
+
+def test_benchmark_time_calls_stops_at_the_budget(monkeypatch):
+    clock = iter(range(0, 1000, 10))  # every perf_counter() is 10 s later
+    monkeypatch.setattr(measure.time, "perf_counter", lambda: next(clock))
+    calls = []
+    output, record = measure.time_calls(lambda: calls.append(1) or "out",
+                                        repeats=5, budget_s=25)
+    # Warm-up, then 10 s runs while the next stays within 25 s: two.
+    assert output == "out" and len(calls) == 3
+    assert record["first_s"] == 10 and record["times_s"] == [10, 10]
+    assert record["median_s"] == 10 and "traces" not in record
+
+
+def test_benchmark_agreement_and_bfloat16_agreement():
+    ref = np.array([[1.0, 3.0, -2.0], [0.5, 0.1, 0.2]])
+    exact = measure.agreement(ref + 2e-5, ref)
+    assert exact["scale"] == 3.0 and exact["agrees"]  # 2e-5 <= 2e-5 x 3
+    assert not measure.agreement(ref + 1e-4, ref)["agrees"]
+    low = measure.low_precision_agreement(
+        np.array([[1.0, 2.9, -2.0], [0.0, 0.3, 0.2]]), ref)
+    assert low["max_diff"] == pytest.approx(0.5)
+    assert low["top1_agreement"] == 0.5 and low["agrees"] is None
+    assert measure.agreement(ref[:1], ref)["agrees"] is False
+
+
+def test_benchmark_workloads_and_flops():
+    quick = workloads.workload_specs(quick=True)
+    full = workloads.workload_specs(quick=False)
+    assert quick["vision-fourier"]["config"]["num_latents"] == 64
+    assert full["vision-fourier"]["config"]["num_latents"] == 512
+    assert workloads.WORKLOADS["vision-fourier"]["config"]["num_latents"] \
+        == 512  # not modified by --quick
+    assert quick["fit-steps"]["steps"] == 4
+    assert workloads.keras_dtype(full["vision-fourier"], "bfloat16") == \
+        "bfloat16"
+    assert workloads.keras_dtype(full["image-training"], "bfloat16") == \
+        "mixed_bfloat16"
+    assert workloads.keras_dtype(full["image-training"], "float32") is None
+    # One layer by hand: 2 queries of 4, 3 keys of 5, qk 6, v 7, out 4.
+    assert workloads.attention_layer_flops(2, 3, 4, 5, 6, 7, 4, 1) == (
+        2 * 2 * 4 * 6 + 2 * 3 * 5 * 13 + 2 * 2 * 7 * 4   # projections
+        + 2 * 2 * 3 * 6 + 2 * 2 * 3 * 7                   # QK^T, softmax V
+        + 4 * 2 * 4 * 4)                                  # MLP
+    assert workloads.training_step_flops(full["image-training"], 2) == (
+        6 * workloads.forward_flops(full["image-training"]))
+
+
+def test_benchmark_flop_count_matches_torch_on_transformers():
+    pytest.importorskip("transformers")
+    import torch
+    import transformers
+
+    from throughput.transformers_runner import MatmulFlopCounter
+
+    spec = dict(workloads.WORKLOADS["encoder-scaling"], config=dict(
+        d_model=16, num_latents=8, d_latents=32, num_blocks=2,
+        num_self_attends_per_block=2, num_self_attention_heads=2,
+        num_cross_attention_heads=2))
+    model = transformers.PerceiverModel(
+        transformers.PerceiverConfig(**spec["config"])).eval()
+    with torch.no_grad(), MatmulFlopCounter() as counter:
+        model(inputs=torch.zeros(1, 50, 16))
+    assert counter.total == workloads.forward_flops(spec, 50)
+
+
+def fit_row(backend, kind, dtype, median, runs=0):
+    return dict(fit=f"{kind} {dtype}", dtype=dtype, backend=backend,
+                params=10, first_s=3.0, times_s=[median] * 3,
+                median_s=median, traces=2, timed_runs=runs,
+                allowed_runs=0, final_loss=1.0, load=0.5)
+
+
+def test_benchmark_fit_table_and_failed_rows():
+    spec = dict(workloads.WORKLOADS["fit-steps"], kinds=["image"])
+    results = {
+        "jax": {"rows": [fit_row("jax", "image", "float32", 0.1),
+                         fit_row("jax", "image", "mixed_bfloat16", 0.05)]},
+        "torch": {"rows": [fit_row("torch", "image", "float32", 0.4)]},
+        "tensorflow": {"error": "Traceback ...\nthroughput.measure."
+                                "RetraceError: fit image float32 on "
+                                "tensorflow: ran 11 times"},
+    }
+    table = report.fit_table(spec, results).splitlines()
+    jax32, torch32, jax16 = (
+        [c.strip() for c in line.split("|")[1:-1]] for line in table[2:5])
+    assert jax32[:3] == ["image", "float32", "jax"] and jax32[7] == "1.00x"
+    assert torch32[2] == "torch" and torch32[7] == "0.25x"  # 0.1 / 0.4
+    assert jax16[1] == "mixed_bfloat16" and jax16[8] == "2.00x"
+    assert "FAILED: throughput.measure.RetraceError" in table[5]
+    assert failed_checks({"fit-steps": results}) == ["fit-steps tensorflow"]
+    assert step_intervals(1.0, [1.5, 3.0, 3.25]) == [0.5, 1.5, 0.25]
+
+
+def test_benchmark_matmul_table_reads_both_result_formats():
+    new = report.matmul_table({
+        "matmul_gflops": {"float32": {"torch 64": 1.0},
+                          "bfloat16": {"torch 64": 2.5}},
+        "limit_gflops": {"float32": 1.0, "bfloat16": 2.5}})
+    assert "| bfloat16 | **limit** (best) | **2.5** |" in new
+    old = report.matmul_table({"matmul_gflops": {"numpy 64": 3.0},
+                               "limit_gflops": 3.0})
+    assert "| float32 | numpy 64 | 3.0 |" in old
+    assert report.limit_for({"float32": 1.0}, "bfloat16") == 1.0
+    assert report.limit_for(3.0, "bfloat16") == 3.0
