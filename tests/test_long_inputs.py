@@ -122,6 +122,49 @@ def test_failed_comparison_keeps_preset_and_outputs(tmp_path, monkeypatch,
                                    atol=2e-5)
 
 
+def test_hf_command_line_skips_a_comparison_that_would_not_fit(
+        tmp_path, monkeypatch, capsys):
+    """The issue's command without flags, with transformers installed and
+    (here, pretended) too little memory for it: the comparison is skipped
+    with one line, before transformers is imported or run; the preset and
+    the outputs are written and the exit status is 0."""
+    pytest.importorskip("transformers")
+    from perceiver_keras import PerceiverBackbone
+    from perceiver_keras.conversion import hf_reference
+    from perceiver_keras.conversion.hf_export import export_transformers
+
+    backbone = PerceiverBackbone(
+        inputs_shape=(None, 8), num_latents=4, latent_dim=16,
+        num_self_attends_per_block=1, num_cross_attend_heads=2,
+    )
+    export_transformers(backbone, tmp_path / "hf")
+    x = np.random.default_rng(1).normal(size=(1, 300, 8)).astype("float32")
+    np.savez(tmp_path / "x.npz", inputs=x)
+
+    def must_not_run(directory, inputs):
+        raise AssertionError("transformers ran")
+
+    monkeypatch.setattr(hf_reference, "reference_outputs", must_not_run)
+    # 1 KiB left after the reserve: less than the weights alone (~40 KiB).
+    monkeypatch.setattr(cli, "available_memory",
+                        lambda: cli.RESERVE_BYTES + 1024)
+    convert_hf = load_script("convert_hf")
+    assert convert_hf.reference_missing() is None  # it would run otherwise
+    status = convert_hf.main([
+        str(tmp_path / "hf"), "--output", str(tmp_path / "preset"),
+        "--inputs", str(tmp_path / "x.npz"),
+        "--save-outputs", str(tmp_path / "y.npz")])
+    out = capsys.readouterr().out
+    assert status == 0
+    assert "comparison with transformers skipped: it needs about" in out
+    assert "1.0 GiB available" not in out and "0.0 GiB available" in out
+    assert (tmp_path / "preset" / "config.json").is_file()
+    with np.load(tmp_path / "y.npz") as saved:
+        expected = keras.ops.convert_to_numpy(backbone({"inputs": x}))
+        np.testing.assert_allclose(saved["last_hidden_state"], expected,
+                                   atol=2e-5)
+
+
 # --- converted models stream ---------------------------------------------------
 
 
