@@ -6,14 +6,17 @@ Keras' `Model.export` is used as it is, with three fixes:
 - The input signature is the model's input dict with a free batch axis,
   given explicitly. Keras otherwise requires a model "called" through
   `__call__`, and JAX's `predict` never does so (ONNX on JAX refused).
-- ONNX on TensorFlow (tf2onnx): an input named like an output (the
-  multimodal autoencoder's "image", "audio", "label" in and out) makes
-  tf2onnx fail with "graph input ... not exist"; such inputs are exported
-  as "<name>_input".
+- ONNX: an input named like an output (the multimodal autoencoder's
+  "image", "audio", "label" in and out) makes tf2onnx fail ("graph input
+  ... not exist") and gives torch an invalid graph ("Duplicate definition
+  of name"); such inputs are exported as "<name>_input".
 - OpenVINO on TensorFlow: OpenVINO's TensorFlow frontend makes every op
   without consumers an output, and each `ops.shape(x)[i]` on a tensor with
   a free batch axis leaves such ops (unused slices of the shape). Those
   extra scalar outputs are removed, so the IR has the model's outputs only.
+- PyTorch (ONNX, OpenVINO): the torch parameter dict of a task is made
+  before its layers are built, so it is empty and tracing fails ("Cannot
+  insert a Tensor that requires grad as a constant"); it is rebuilt first.
 """
 
 import os
@@ -76,6 +79,65 @@ def _drop_dangling_openvino_outputs(filepath, num_outputs):
     os.replace(partial + ".xml", filepath)
 
 
+def _export_torch_program(model, input_signature):
+    """`torch.export` of the model on flat tensor arguments, every `None`
+    axis dynamic (the batch axis shared by all inputs)."""
+    import torch
+
+    structure = input_signature[0] if len(input_signature) == 1 else (
+        input_signature
+    )
+    specs = keras.tree.flatten(structure)
+
+    class FlatInputs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            inputs = keras.tree.pack_sequence_as(structure, tensors)
+            return tuple(keras.tree.flatten(self.model(inputs)))
+
+    batch = torch.export.Dim("batch", min=1)
+    dynamic_shapes = [
+        {axis: batch if axis == 0 else torch.export.Dim(f"{s.name}_{axis}")
+         for axis, size in enumerate(s.shape) if size is None}
+        for s in specs
+    ]
+    # A batch of 2: a sample batch of 1 would be specialised as constant.
+    samples = tuple(
+        torch.ones(
+            [2 if size is None else size for size in s.shape],
+            dtype=getattr(torch, s.dtype),
+        )
+        for s in specs
+    )
+    names = [s.name for s in specs]
+    return FlatInputs().eval(), samples, (tuple(dynamic_shapes),), names
+
+
+def _export_onnx_torch(model, filepath, input_signature, opset_version=None):
+    """ONNX through `torch.export` (dynamo) with dynamic axes. Keras takes
+    the TorchScript exporter whenever an axis is dynamic, and that one
+    cannot export `ops.layer_normalization` on a traced shape ("Failed to
+    export a node ... because it is not constant")."""
+    import torch
+
+    module, samples, dynamic_shapes, names = _export_torch_program(
+        model, input_signature
+    )
+    outputs = model._outputs_struct
+    output_names = (
+        sorted(outputs) if isinstance(outputs, dict) else None
+    )  # keras.tree.flatten orders a dict by key
+    program = torch.onnx.export(
+        module, samples, dynamo=True, input_names=names,
+        output_names=output_names, dynamic_shapes=dynamic_shapes,
+        opset_version=opset_version, verbose=False,
+    )
+    program.save(str(filepath))
+
+
 class ExportMixin:
     """`export()` as Keras', fixed for these models (see module doc)."""
 
@@ -89,10 +151,22 @@ class ExportMixin:
         if input_signature is None:
             input_signature = default_input_signature(self)
         backend = keras.backend.backend()
-        if format == "onnx" and backend == "tensorflow":
+        if backend == "torch":
+            # Torch tracers take the weights from the module's parameters;
+            # this model's parameter dict was made before its layers had
+            # weights (it is empty), so the tracer would meet the weights
+            # as constants that require grad, and fail.
+            self._track_variables()
+        if format == "onnx":
             input_signature = _rename_inputs_named_like_outputs(
                 self, input_signature
             )
+        if format == "onnx" and backend == "torch":
+            _export_onnx_torch(self, filepath, input_signature,
+                               kwargs.get("opset_version"))
+            if verbose is not False:
+                print(f"Saved artifact at '{filepath}'.")
+            return None
         result = super().export(filepath, format=format, verbose=verbose,
                                 input_signature=input_signature, **kwargs)
         if format == "openvino" and backend in ("tensorflow", "jax"):
