@@ -35,13 +35,13 @@ FIXTURES = os.path.join(HERE, "fixtures", "deepmind")
 # (README "Export to serving formats").
 PLAN = {
     "tensorflow": {
-        "tf_saved_model": ("text_classifier", "perceiver_io"),
+        "tf_saved_model": ("text_classifier",),
         "onnx": ("multimodal_autoencoder",),
         "openvino": ("image_classifier",),
         "litert": ("optical_flow",),
     },
     "jax": {
-        "tf_saved_model": ("classifier", "optical_flow"),
+        "tf_saved_model": ("classifier", "perceiver_io", "optical_flow"),
     },
     "torch": {
         "onnx": ("masked_lm", "multimodal_autoencoder"),
