@@ -218,3 +218,51 @@ def test_flow_scale_is_refused(tmp_path):
     scaled = PerceiverOpticalFlow(converted.backbone, flow_scale_factor=20.0)
     with pytest.raises(ValueError, match="flow_scale_factor"):
         export_transformers(scaled, tmp_path / "x")
+
+
+
+@pytest.fixture(scope="module")
+def multimodal(tmp_path_factory):
+    """transformers' multimodal autoencoder (tiny) and its conversion."""
+    from test_hf_models import MULTIMODAL
+    from test_hf_models import tiny_config
+
+    source = build("PerceiverForMultimodalAutoencoding",
+                   config=tiny_config(**MULTIMODAL))
+    directory = tmp_path_factory.mktemp("multimodal_source")
+    return load_transformers(save(source, directory))
+
+
+def test_multimodal_autoencoder_round_trip(multimodal, tmp_path):
+    from test_hf_models import multimodal_inputs
+
+    converted = multimodal
+    fine_tune(converted)
+    directory = export_transformers(converted, tmp_path / "exported")
+    exported = transformers.PerceiverForMultimodalAutoencoding.from_pretrained(
+        directory).eval()
+    inputs = multimodal_inputs(np.arange(0, 40), np.arange(3, 9))
+    expected = keras_outputs(converted, inputs)
+    actual = reference(exported, inputs)
+    assert sorted(actual) == sorted(expected)
+    for name in expected:
+        assert_close(actual[name], expected[name])
+
+
+def test_multimodal_autoencoder_options_transformers_lacks_are_refused(
+        multimodal, tmp_path):
+    converted = multimodal
+    config = converted.get_config()
+    residual = type(converted).from_config(
+        {**config, "decoder_use_query_residual": True})
+    with pytest.raises(ValueError, match="decoder_use_query_residual"):
+        export_transformers(residual, tmp_path / "residual")
+    adapter = dict(config["input_adapter"])
+    adapter["config"] = {**adapter["config"],
+                         "mask_probs": {"audio": 0.0, "image": 0.0,
+                                        "label": 0.5}}
+    masked = type(converted).from_config({**config, "input_adapter": adapter})
+    with pytest.raises(ValueError, match=r"input_adapter\.mask_probs\.label"):
+        export_transformers(masked, tmp_path / "masked")
+    assert not (tmp_path / "residual").exists()
+    assert not (tmp_path / "masked").exists()

@@ -15,8 +15,9 @@ model exports only if it has those settings (e.g. the conv stem's
 flow scale). DeepMind's tanh GELU is expressible (`hidden_act="gelu_new"`).
 
 Exported: `PerceiverTextClassifier`, `PerceiverMaskedLM`,
-`PerceiverImageClassifier` (learned, Fourier, conv), `PerceiverOpticalFlow`
-and `PerceiverBackbone` (bare or text input, as `PerceiverModel`).
+`PerceiverImageClassifier` (learned, Fourier, conv), `PerceiverOpticalFlow`,
+`PerceiverMultimodalAutoencoder` (with transformers' hard-coded adapters,
+queries and decoder) and `PerceiverBackbone` (bare or text input, as `PerceiverModel`).
 Training-only options (dropout) are not exported. transformers does not
 mask the masked LM's decoder queries: a model with DeepMind's
 `decoder_query_mask=True` exports, and only its logits at padded positions
@@ -229,6 +230,9 @@ def describe(model):
         PerceiverImageClassifier,
     )
     from perceiver_keras.models.perceiver_io.perceiver_masked_lm import PerceiverMaskedLM
+    from perceiver_keras.models.perceiver_io.perceiver_multimodal_autoencoder import (  # noqa: E501
+        PerceiverMultimodalAutoencoder,
+    )
     from perceiver_keras.models.perceiver_io.perceiver_optical_flow import (
         PerceiverOpticalFlow,
     )
@@ -281,11 +285,87 @@ def describe(model):
     if isinstance(model, PerceiverOpticalFlow):
         return "PerceiverForOpticalFlow", {**config, **_flow_fields(model)}, (
             None)
+    if isinstance(model, PerceiverMultimodalAutoencoder):
+        return "PerceiverForMultimodalAutoencoding", {
+            **config, **_multimodal_fields(model)}, None
     raise ValueError(
         "Cannot export to transformers: expected a PerceiverBackbone, "
         "PerceiverTextClassifier, PerceiverMaskedLM, PerceiverImageClassifier"
-        f" or PerceiverOpticalFlow. Received: {type(model).__name__}."
+        ", PerceiverOpticalFlow or PerceiverMultimodalAutoencoder. Received: "
+        f"{type(model).__name__}."
     )
+
+
+def _plain_config(layer):
+    """A layer's config without names, dtypes and build records, which do
+    not change what it computes."""
+    def clean(value):
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items() if k not in (
+                "name", "trainable", "dtype", "build_config", "module",
+                "registered_name", "autocast", "activity_regularizer")}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+    return clean(layer.get_config())
+
+
+def _first_difference(actual, expected, path):
+    if isinstance(actual, dict) and isinstance(expected, dict):
+        for key in sorted(set(actual) | set(expected)):
+            found = _first_difference(actual.get(key), expected.get(key),
+                                      f"{path}.{key}")
+            if found:
+                return found
+        return None
+    return None if actual == expected else (path, actual, expected)
+
+
+def _multimodal_fields(task):
+    """transformers' config fields read from the task, after checking that
+    the task is the one `hf_multimodal` builds from them (transformers
+    hard-codes the adapters, queries and decoder; see that module)."""
+    from perceiver_keras.conversion import hf_multimodal
+
+    shapes = task.inputs_shape
+    frames, height, width, _ = shapes["image"]
+    adapter = _plain_config(task.input_adapter)["modalities"]
+    queries = _plain_config(task.decoder_queries)["modalities"]
+    fields = dict(
+        num_frames=frames,
+        audio_samples_per_frame=shapes["audio"][0] // frames,
+        samples_per_patch=adapter["audio"]["config"].get("samples_per_patch"),
+        image_size=(adapter["image"]["config"].get("max_resolution")
+                    or [None, None])[-1],
+        output_shape=[1, frames, height, width],
+        output_num_channels=task.decoder_output_channels,
+        _label_trainable_num_channels=queries["label"].get("num_channels"),
+        **_labels(task, shapes["label"][0]),
+    )
+    try:
+        expected = hf_multimodal.build_task(
+            "PerceiverForMultimodalAutoencoding",
+            {**encoder_config(task.backbone), **fields})
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(
+            "Cannot export to transformers: the multimodal autoencoder's "
+            "shapes are not those of transformers' "
+            f"PerceiverForMultimodalAutoencoding ({e})."
+        ) from e
+    why = "transformers' multimodal autoencoder is fixed"
+    for part in ("input_adapter", "decoder_queries"):
+        found = _first_difference(_plain_config(getattr(task, part)),
+                                  _plain_config(getattr(expected, part)), part)
+        if found:
+            _refuse(found[0], found[1], repr(found[2]), why)
+    for option in ("image_output_channels", "decoder_num_heads",
+                   "decoder_qk_channels", "decoder_v_channels",
+                   "decoder_use_query_residual"):
+        _require(option, getattr(task, option), getattr(expected, option),
+                 why)
+    _require("backbone inputs_shape", tuple(task.backbone.inputs_shape),
+             tuple(expected.backbone.inputs_shape), why)
+    return fields
 
 
 def _flow_fields(task):

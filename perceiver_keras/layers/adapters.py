@@ -210,10 +210,13 @@ def space_to_depth(x, spatial_block, temporal_block=1):
         x = ops.reshape(x, (-1, h // s, s, w // s, s, c))
         x = ops.transpose(x, (0, 1, 3, 2, 4, 5))
         return ops.reshape(x, (-1, h // s, w // s, s * s * c))
+    # Video: each frame as an image, then time; two transposes of rank <= 6
+    # rather than one of rank 8, which LiteRT and TFLite cannot run.
     _, t, h, w, c = shape
     s, dt = spatial_block, temporal_block
-    x = ops.reshape(x, (-1, t // dt, dt, h // s, s, w // s, s, c))
-    x = ops.transpose(x, (0, 1, 3, 5, 2, 4, 6, 7))
+    x = space_to_depth(ops.reshape(x, (-1, h, w, c)), s)
+    x = ops.reshape(x, (-1, t // dt, dt, (h // s) * (w // s), s * s * c))
+    x = ops.transpose(x, (0, 1, 3, 2, 4))
     return ops.reshape(x, (-1, t // dt, h // s, w // s, dt * s * s * c))
 
 

@@ -13,6 +13,7 @@ from keras_hub.models import Task
 
 from perceiver_keras.layers.decoders import PerceiverQueryDecoder
 from perceiver_keras.models import presets
+from perceiver_keras.models.export import ExportMixin
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import is_array_data
 from perceiver_keras.models.input_validation import validate_backbone_inputs
@@ -112,7 +113,7 @@ def query_decoder(backbone, arguments, cls=PerceiverQueryDecoder, **options):
     )
 
 
-class PerceiverTask(ValidatedInputsMixin, Task):
+class PerceiverTask(ExportMixin, ValidatedInputsMixin, Task):
     """Base of the Perceiver tasks (not used directly).
 
     A task declares, instead of re-typing them:
