@@ -8,11 +8,10 @@ and `run_preset_test` on each backbone, and `run_task_test` /
 configurations: the whole file must stay well under a minute per backend.
 """
 
-import keras
-import keras_hub
 import numpy as np
 import pytest
 
+from harness import PassThroughPreprocessor
 from harness import hub
 from harness import init_kwargs_of
 from perceiver_keras.models.hip.hip_backbone import HiPBackbone
@@ -32,15 +31,6 @@ rng = np.random.default_rng(0)
 
 def _floats(*shape):
     return rng.normal(size=shape).astype("float32")
-
-
-@keras.saving.register_keras_serializable(package="perceiver_keras_tests")
-class PassThroughPreprocessor(keras_hub.models.Preprocessor):
-    """keras-hub's `run_task_test` needs a preprocessor; these tasks have
-    none of their own, so this one hands the data through unchanged."""
-
-    def call(self, x, y=None, sample_weight=None):
-        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
 
 HIP = dict(
