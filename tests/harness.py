@@ -290,3 +290,12 @@ def quantized_error(model, x, mode="int8"):
 def record(name, value):
     """Prints a measured number (shown by `pytest -s` and in test logs)."""
     print(f"[{keras.backend.backend()}] {name}: {value:.3g}")
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras_tests")
+class PassThroughPreprocessor(keras_hub.models.Preprocessor):
+    """For tasks without a preprocessor of their own: keras-hub's
+    `run_task_test` needs one; this one hands the data through unchanged."""
+
+    def call(self, x, y=None, sample_weight=None):
+        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)

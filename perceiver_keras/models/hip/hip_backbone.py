@@ -54,7 +54,8 @@ def normalize_modalities(modalities):
 
 
 def _per_block(name, value, num_blocks):
-    values = [value] if isinstance(value, int) else list(value)
+    # An int is the same for every block (the constructor's defaults).
+    values = [value] * num_blocks if isinstance(value, int) else list(value)
     if len(values) != num_blocks:
         raise ValueError(
             f"`{name}` needs one entry per block ({num_blocks}, as "
@@ -125,7 +126,7 @@ class HiPBackbone(ValidatedInputsMixin, Backbone):
         num_groups, num_self_attends_per_block, z_index_dim, num_z_channels,
         num_cross_attend_heads, num_self_attend_heads,
         cross_attend_widening_factor, self_attend_widening_factor: one entry
-            per block, as DeepMind's `VARIANTS`.
+            per block, as DeepMind's `VARIANTS` (an int: every block).
         num_embedding_channels: width E every modality is embedded to.
         label_modalities: names of modalities that bypass the encoder and
             enter the processor (DeepMind's `HiPClassBottleneck`): embedded

@@ -60,7 +60,8 @@ class HiPMaskedAutoencoder(PerceiverTask):
     (per example, exactly `round(ratio * M)` of them) is set to zero before
     the model sees it, and the loss is the mean squared error over the masked
     elements only (the masks are the sample weights), summed over the
-    modalities. The position
+    modalities. `fit(masked_x, x, masks)` (or a dataset of such triples)
+    trains on inputs masked by the caller instead. The position
     encodings, not the values, tell the model where masked elements are.
 
     Args:
@@ -171,29 +172,44 @@ class HiPMaskedAutoencoder(PerceiverTask):
         return masked, masks
 
     def _masked_batches(self, x, y, sample_weight, batch_size, shuffle):
-        if y is not None or sample_weight is not None:
+        if sample_weight is not None:
             raise ValueError(
-                "HiPMaskedAutoencoder learns to reconstruct its inputs: pass "
-                "the modalities as `x` only. Received y or sample_weight."
+                "HiPMaskedAutoencoder masks `x` itself and weights the loss "
+                "by its masks: pass `sample_weight` only together with `y` "
+                "(inputs you masked yourself). Received sample_weight "
+                "without y."
             )
         if not is_array_data(x):
-            return x  # a PyDataset of (masked x, x, masks) made by the user
+            return x  # a dataset of (masked x, x, masks) made by the user
         x = self.validate_inputs(x)
         return _MaskedBatches(x, batch_size, shuffle, self.mask, self.seed)
 
     def fit(self, x=None, y=None, batch_size=None, sample_weight=None,
             validation_data=None, shuffle=True, **kwargs):
-        batches = self._masked_batches(x, y, sample_weight, batch_size,
-                                       shuffle)
-        if validation_data is not None:
+        if validation_data is not None and not isinstance(
+            validation_data, tuple
+        ):
             validation_data = self._masked_batches(
                 validation_data, None, None, batch_size, False
             )
+        if y is not None:
+            return keras.Model.fit(
+                self, x, y, batch_size=batch_size,
+                sample_weight=sample_weight, shuffle=shuffle,
+                validation_data=validation_data, **kwargs,
+            )
+        batches = self._masked_batches(x, y, sample_weight, batch_size,
+                                       shuffle)
         return keras.Model.fit(self, batches,
                                validation_data=validation_data, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None,
                  **kwargs):
+        if y is not None:
+            return keras.Model.evaluate(
+                self, x, y, batch_size=batch_size,
+                sample_weight=sample_weight, **kwargs,
+            )
         batches = self._masked_batches(x, y, sample_weight, batch_size, False)
         return keras.Model.evaluate(self, batches, **kwargs)
 

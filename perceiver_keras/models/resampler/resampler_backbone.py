@@ -6,6 +6,7 @@ from keras_hub.models import Backbone
 from perceiver_keras.layers.resampler import PerceiverResampler
 from perceiver_keras.models.attention_maps import attention_names_from
 from perceiver_keras.models.attention_maps import compute_attention_maps
+from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import validate_backbone_inputs
 from perceiver_keras.models.resampler.resampler_presets import (
     builtin_backbone_config,
@@ -13,7 +14,7 @@ from perceiver_keras.models.resampler.resampler_presets import (
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverResamplerBackbone(Backbone):
+class PerceiverResamplerBackbone(ValidatedInputsMixin, Backbone):
     """A `PerceiverResampler` over a set of `feature_dim`-wide features.
 
     Args:
