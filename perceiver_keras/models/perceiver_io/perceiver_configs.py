@@ -128,7 +128,11 @@ def _adapter_params(adapter, inputs_shape):
             if len(shape) == 5:
                 block *= adapter.temporal_downsample
             count += _dense(width_in * block, width_out)
-    grid = adapter.transform_shape(shape)[1:-1]
+    transformed = adapter.transform_shape(shape)
+    grid = transformed[1:-1]
+    if adapter.input_projection_dim:
+        width = adapter.feature_width(transformed[-1], projected=False)
+        count += _dense(width, adapter.input_projection_dim)
     if adapter.position_encoding == "trainable":
         count += math.prod(grid) * adapter.position_channels
         raw = adapter.position_channels
