@@ -14,20 +14,12 @@ from keras import ops
 from perceiver_keras.layers.position_encoding import FourierPositionEncoding
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
 from perceiver_keras.layers.position_encoding import fourier_channels
+from perceiver_keras.layers.utils import check_positive
 
 POSITION_ENCODINGS = ("fourier", "trainable", None)
-
-
-def _check_positive(name, value, optional=False, number=int):
-    """A `ValueError` naming `name` unless `value` is a positive number."""
-    if optional and value is None:
-        return
-    kinds = (int, float) if number is float else (int,)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
-        raise ValueError(
-            f"`{name}` must be a positive {number.__name__}"
-            f"{' or None' if optional else ''}. Received: {name}={value!r}."
-        )
+CONV_PADDINGS = ("same", "pad_then_valid_pool")
+# Option values renamed since; saved configs may still hold them.
+LEGACY_CONV_PADDING = {"symmetric": "pad_then_valid_pool"}
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -82,13 +74,13 @@ class PerceiverArrayAdapter(keras.layers.Layer):
                     "channel indices >= 0. Received: "
                     f"feature_fourier_channels={feature_fourier_channels!r}."
                 )
-        _check_positive("feature_num_bands", feature_num_bands)
-        _check_positive("feature_max_frequency", feature_max_frequency,
+        check_positive("feature_num_bands", feature_num_bands)
+        check_positive("feature_max_frequency", feature_max_frequency,
                         number=float)
-        _check_positive("input_projection_dim", input_projection_dim,
+        check_positive("input_projection_dim", input_projection_dim,
                         optional=True)
-        _check_positive("num_bands", num_bands)
-        _check_positive("project_pos_dim", project_pos_dim, optional=True)
+        check_positive("num_bands", num_bands)
+        check_positive("project_pos_dim", project_pos_dim, optional=True)
         if position_encoding not in POSITION_ENCODINGS:
             raise ValueError(
                 f"`position_encoding` must be one of {POSITION_ENCODINGS}. "
@@ -327,8 +319,11 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
             (space-to-depth, optionally followed by a Dense).
         spatial_downsample, temporal_downsample: strides / block sizes.
         num_channels: output width of conv1x1, conv, or the post-patch Dense.
-        conv_padding: "same" (TensorFlow SAME, DeepMind) or "symmetric"
-            (pad 3 on every side with an unpadded max pool, transformers).
+        conv_padding: "same" (TensorFlow SAME, DeepMind) or
+            "pad_then_valid_pool" (the conv's input zero-padded by 3 on every
+            side, then an unpadded max pool: transformers). The former name
+            "symmetric" (which NumPy and TensorFlow use for mirror padding)
+            is still read from saved configs.
         conv_after_patching: apply a Dense after "patches".
         Remaining arguments: see `PerceiverArrayAdapter`.
     """
@@ -353,9 +348,10 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
             )
         if prep_type in ("conv1x1", "conv") and not num_channels:
             raise ValueError(f"`num_channels` is required for {prep_type!r}.")
-        if conv_padding not in ("same", "symmetric"):
+        conv_padding = LEGACY_CONV_PADDING.get(conv_padding, conv_padding)
+        if conv_padding not in CONV_PADDINGS:
             raise ValueError(
-                "`conv_padding` must be 'same' or 'symmetric'. "
+                f"`conv_padding` must be one of {CONV_PADDINGS}. "
                 f"Received: conv_padding={conv_padding!r}."
             )
         self.prep_type = prep_type
