@@ -55,7 +55,7 @@ def main():
     classifier = pk.PerceiverClassifier(backbone, num_classes=10)
     print(f"parameters: {classifier.count_params():,}")
     classifier.fit(images[train], labels[train], batch_size=64,
-                   epochs=args.epochs, verbose=2)
+                   epochs=args.epochs)  # Keras progress bar
     _, accuracy = classifier.evaluate(images[test], labels[test], verbose=0)
     print(f"held-out accuracy: {accuracy:.3f}")
 

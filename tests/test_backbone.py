@@ -95,9 +95,10 @@ def test_variable_input_length():
 def test_image_backbone_shapes_and_token_shape():
     config = recommended_config("image", (8, 8, 3))
     backbone = PerceiverBackbone(**config)
-    assert token_shape(config) == (64, 3 + 2 * (2 * 16 + 1))
+    # 4x4 patches projected to latent_dim, then 2-D positions (8 bands).
+    assert token_shape(config) == (4, 64 + 2 * (2 * 8 + 1))
     out = backbone(rng.normal(size=(2, 8, 8, 3)).astype("float32"))
-    assert tuple(out.shape) == (2, 64, 128)
+    assert tuple(out.shape) == (2, 32, 64)
 
 
 @pytest.mark.parametrize("kind", ["image", "sequence", "point_set", "text"])

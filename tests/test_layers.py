@@ -220,7 +220,10 @@ def test_space_to_depth_layout():
     np.testing.assert_array_equal(got, exp.reshape(1, 1, 2, 2, 32))
 
 
-@pytest.mark.parametrize("padding,grid", [("same", 56), ("symmetric", 55)])
+# "symmetric": the former name of "pad_then_valid_pool", kept for saved configs.
+@pytest.mark.parametrize("padding,grid", [
+    ("same", 56), ("pad_then_valid_pool", 55), ("symmetric", 55),
+])
 def test_conv_stem_grid_matches_checkpoint_families(padding, grid):
     adapter = PerceiverImageAdapter(
         prep_type="conv", spatial_downsample=4, num_channels=4,
@@ -299,7 +302,7 @@ LAYERS = [
     lambda: PerceiverArrayAdapter("trainable", position_channels=3,
                                   project_pos_dim=5),
     lambda: PerceiverImageAdapter("conv", 4, num_channels=8,
-                                  conv_padding="symmetric", num_bands=3),
+                                  conv_padding="pad_then_valid_pool", num_bands=3),
     lambda: PerceiverImageAdapter("patches", 2, 2, num_channels=8,
                                   conv_after_patching=True),
     lambda: PerceiverTokenAdapter(262, 8, 16),

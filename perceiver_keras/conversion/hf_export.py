@@ -11,7 +11,8 @@ configuration is read back from the model, and everything transformers'
 classes cannot express is refused with a ValueError naming the option:
 transformers hard-codes most of each class's preprocessor and decoder, so a
 model exports only if it has those settings (e.g. the conv stem's
-`conv_padding="symmetric"`, a query residual in classification decoders, no
+`conv_padding="pad_then_valid_pool"`, a query residual in classification
+decoders, no
 flow scale). DeepMind's tanh GELU is expressible (`hidden_act="gelu_new"`).
 
 Exported: `PerceiverTextClassifier`, `PerceiverMaskedLM`,
@@ -171,7 +172,7 @@ def _image_architecture(backbone):
                 "a PerceiverImageAdapter", "transformers' image classifiers")
     height, width, _ = backbone.inputs_shape
     if adapter.prep_type == "conv":
-        _require("conv_padding", adapter.conv_padding, "symmetric",
+        _require("conv_padding", adapter.conv_padding, "pad_then_valid_pool",
                  "transformers pads the conv stem 3 on every side, then "
                  "max-pools without padding")
         if adapter.num_channels == 64 and _fourier(adapter, 64, (56, 56)):

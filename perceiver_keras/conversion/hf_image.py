@@ -60,7 +60,7 @@ ADAPTERS = {
     ),
     "PerceiverForImageClassificationConvProcessing": dict(
         prep_type="conv", spatial_downsample=4, num_channels=64,
-        conv_padding="symmetric", num_bands=64, max_resolution=(56, 56),
+        conv_padding="pad_then_valid_pool", num_bands=64, max_resolution=(56, 56),
     ),
 }
 

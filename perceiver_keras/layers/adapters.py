@@ -8,13 +8,18 @@ trainable, concatenated or added). The encoder never sees modality details.
 import math
 
 import keras
+import numpy as np
 from keras import ops
 
 from perceiver_keras.layers.position_encoding import FourierPositionEncoding
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
 from perceiver_keras.layers.position_encoding import fourier_channels
+from perceiver_keras.layers.utils import check_positive
 
 POSITION_ENCODINGS = ("fourier", "trainable", None)
+CONV_PADDINGS = ("same", "pad_then_valid_pool")
+# Option values renamed since; saved configs may still hold them.
+LEGACY_CONV_PADDING = {"symmetric": "pad_then_valid_pool"}
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -30,6 +35,15 @@ class PerceiverArrayAdapter(keras.layers.Layer):
         project_pos_dim: if set, a Dense projects positions to this width.
         concat_or_add_pos: "concat" or "add" (then position width must equal
             the input width).
+        feature_fourier_channels: indices of input channels (after any
+            transform) whose values get Fourier features appended,
+            `sin(pi f x), cos(pi f x)` for `feature_num_bands` frequencies
+            `f = linspace(1, feature_max_frequency)`: e.g. point coordinates
+            in [-1, 1], as the Perceiver paper embeds them.
+        input_projection_dim: if set, a Dense projects every element's
+            features (after the Fourier features) to this width before the
+            positions join them, so the cross-attention reads a wide token
+            rather than a few raw channels.
     """
 
     def __init__(
@@ -43,9 +57,30 @@ class PerceiverArrayAdapter(keras.layers.Layer):
         position_init_scale=0.02,
         project_pos_dim=None,
         concat_or_add_pos="concat",
+        feature_fourier_channels=None,
+        feature_num_bands=8,
+        feature_max_frequency=8.0,
+        input_projection_dim=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        if feature_fourier_channels is not None:
+            feature_fourier_channels = tuple(feature_fourier_channels)
+            if not feature_fourier_channels or not all(
+                isinstance(c, int) and c >= 0 for c in feature_fourier_channels
+            ):
+                raise ValueError(
+                    "`feature_fourier_channels` must be a non-empty list of "
+                    "channel indices >= 0. Received: "
+                    f"feature_fourier_channels={feature_fourier_channels!r}."
+                )
+        check_positive("feature_num_bands", feature_num_bands)
+        check_positive("feature_max_frequency", feature_max_frequency,
+                        number=float)
+        check_positive("input_projection_dim", input_projection_dim,
+                        optional=True)
+        check_positive("num_bands", num_bands)
+        check_positive("project_pos_dim", project_pos_dim, optional=True)
         if position_encoding not in POSITION_ENCODINGS:
             raise ValueError(
                 f"`position_encoding` must be one of {POSITION_ENCODINGS}. "
@@ -71,6 +106,10 @@ class PerceiverArrayAdapter(keras.layers.Layer):
         self.position_init_scale = position_init_scale
         self.project_pos_dim = project_pos_dim
         self.concat_or_add_pos = concat_or_add_pos
+        self.feature_fourier_channels = feature_fourier_channels
+        self.feature_num_bands = feature_num_bands
+        self.feature_max_frequency = feature_max_frequency
+        self.input_projection_dim = input_projection_dim
 
     # Subclasses override these three to transform the input first.
     def transform_shape(self, input_shape):
@@ -86,6 +125,32 @@ class PerceiverArrayAdapter(keras.layers.Layer):
     def supports_padding_mask(self):
         """Whether tokens map one-to-one to input positions."""
         return True
+
+    def feature_width(self, width, projected=True):
+        """Width of an element's features after the Fourier features and
+        (if `projected`) the projection; `width`: after the transform."""
+        if projected and self.input_projection_dim:
+            return self.input_projection_dim
+        if self.feature_fourier_channels:
+            width += (
+                2 * self.feature_num_bands * len(self.feature_fourier_channels)
+            )
+        return width
+
+    def _widen(self, x):
+        if self.feature_fourier_channels:
+            values = ops.take(x, list(self.feature_fourier_channels), axis=-1)
+            bands = np.pi * np.linspace(
+                1.0, self.feature_max_frequency, self.feature_num_bands
+            )
+            scaled = values[..., None] * ops.cast(bands, x.dtype)
+            scaled = ops.reshape(
+                scaled, tuple(ops.shape(x)[:-1]) + (-1,)
+            )
+            x = ops.concatenate([x, ops.sin(scaled), ops.cos(scaled)], -1)
+        if self.input_projection is not None:
+            x = self.input_projection(x)
+        return x
 
     def _position_width(self, rank):
         if self.position_encoding is None:
@@ -107,6 +172,25 @@ class PerceiverArrayAdapter(keras.layers.Layer):
         self.raw_input_shape = tuple(input_shape)
         shape = tuple(self.build_transform(input_shape))
         self.token_grid = shape[1:-1]
+        if self.feature_fourier_channels and (
+            max(self.feature_fourier_channels) >= shape[-1]
+        ):
+            raise ValueError(
+                "`feature_fourier_channels` must index the input's "
+                f"{shape[-1]} channels. Received: feature_fourier_channels="
+                f"{self.feature_fourier_channels}."
+            )
+        self.input_projection = None
+        if self.input_projection_dim:
+            self.input_projection = keras.layers.Dense(
+                self.input_projection_dim,
+                dtype=self.dtype_policy,
+                name="input_projection",
+            )
+            self.input_projection.build(
+                (None, self.feature_width(shape[-1], projected=False))
+            )
+        shape = shape[:-1] + (self.feature_width(shape[-1]),)
         self.positions = None
         if self.position_encoding == "fourier":
             self.positions = FourierPositionEncoding(
@@ -156,7 +240,7 @@ class PerceiverArrayAdapter(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, training=None):
-        x = self.transform(inputs, training=training)
+        x = self._widen(self.transform(inputs, training=training))
         grid = tuple(x.shape[1:-1])
         tokens = ops.reshape(x, (ops.shape(x)[0], -1, x.shape[-1]))
         if self.positions is None:
@@ -178,7 +262,7 @@ class PerceiverArrayAdapter(keras.layers.Layer):
         shape = self.transform_shape(input_shape)
         dims = shape[1:-1]
         num = None if None in dims else math.prod(dims)
-        width = shape[-1]
+        width = self.feature_width(shape[-1])
         if self.concat_or_add_pos == "concat":
             width += self._position_width(len(dims))
         return (input_shape[0], num, width)
@@ -196,6 +280,10 @@ class PerceiverArrayAdapter(keras.layers.Layer):
                 "position_init_scale": self.position_init_scale,
                 "project_pos_dim": self.project_pos_dim,
                 "concat_or_add_pos": self.concat_or_add_pos,
+                "feature_fourier_channels": self.feature_fourier_channels,
+                "feature_num_bands": self.feature_num_bands,
+                "feature_max_frequency": self.feature_max_frequency,
+                "input_projection_dim": self.input_projection_dim,
             }
         )
         return config
@@ -231,8 +319,11 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
             (space-to-depth, optionally followed by a Dense).
         spatial_downsample, temporal_downsample: strides / block sizes.
         num_channels: output width of conv1x1, conv, or the post-patch Dense.
-        conv_padding: "same" (TensorFlow SAME, DeepMind) or "symmetric"
-            (pad 3 on every side with an unpadded max pool, transformers).
+        conv_padding: "same" (TensorFlow SAME, DeepMind) or
+            "pad_then_valid_pool" (the conv's input zero-padded by 3 on every
+            side, then an unpadded max pool: transformers). The former name
+            "symmetric" (which NumPy and TensorFlow use for mirror padding)
+            is still read from saved configs.
         conv_after_patching: apply a Dense after "patches".
         Remaining arguments: see `PerceiverArrayAdapter`.
     """
@@ -257,9 +348,10 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
             )
         if prep_type in ("conv1x1", "conv") and not num_channels:
             raise ValueError(f"`num_channels` is required for {prep_type!r}.")
-        if conv_padding not in ("same", "symmetric"):
+        conv_padding = LEGACY_CONV_PADDING.get(conv_padding, conv_padding)
+        if conv_padding not in CONV_PADDINGS:
             raise ValueError(
-                "`conv_padding` must be 'same' or 'symmetric'. "
+                f"`conv_padding` must be one of {CONV_PADDINGS}. "
                 f"Received: conv_padding={conv_padding!r}."
             )
         self.prep_type = prep_type

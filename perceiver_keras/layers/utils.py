@@ -1,5 +1,7 @@
 """Small helpers shared by the layers."""
 
+import numbers
+
 import keras
 
 
@@ -32,3 +34,26 @@ def deserialize_with_dtype(config, dtype):
             dtype = keras.dtype_policies.serialize(dtype)
         config = {**config, "config": {**config["config"], "dtype": dtype}}
     return keras.layers.deserialize(config)
+
+
+def check_positive(name, value, optional=False, number=int):
+    """A `ValueError` naming `name` unless `value` is a positive number
+    (an int, or with `number=float` an int or float)."""
+    if optional and value is None:
+        return
+    kind = numbers.Real if number is float else numbers.Integral
+    if isinstance(value, bool) or not isinstance(value, kind) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a positive {number.__name__}"
+            f"{' or None' if optional else ''}. Received: {name}={value!r}."
+        )
+
+
+def check_rate(name, value):
+    """A `ValueError` naming `name` unless `0 <= value < 1`."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+        0 <= value < 1
+    ):
+        raise ValueError(
+            f"`{name}` must be a rate in [0, 1). Received: {name}={value!r}."
+        )

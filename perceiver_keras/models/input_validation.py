@@ -32,8 +32,22 @@ def as_array_like(x, name):
         ) from e
 
 
+def _is_text_or_object(x):
+    return isinstance(x.dtype, np.dtype) and x.dtype.kind in "USO"
+
+
+def dtype_name(x):
+    """Keras' name of `x.dtype`, or NumPy's for strings and objects (which
+    Keras has no name for)."""
+    if _is_text_or_object(x):
+        return str(x.dtype)
+    return keras.backend.standardize_dtype(x.dtype)
+
+
 def dtype_kind(x):
-    dtype = keras.backend.standardize_dtype(x.dtype)
+    if _is_text_or_object(x):
+        return "string" if x.dtype.kind in "US" else "object"
+    dtype = dtype_name(x)
     if dtype == "bool":
         return "bool"
     if "int" in dtype:
@@ -82,7 +96,7 @@ def validate_backbone_inputs(backbone, inputs):
     if dtype_kind(x) != wants_kind:
         raise ValueError(
             f"`inputs` must hold {wants_kind} data ({wants}). Received "
-            f"dtype {keras.backend.standardize_dtype(x.dtype)}."
+            f"{dtype_kind(x)} data of dtype {dtype_name(x)}."
         )
     if "padding_mask" in expected_keys:
         mask = inputs.get("padding_mask")
@@ -92,12 +106,14 @@ def validate_backbone_inputs(backbone, inputs):
             )
             mask_rank = len(backbone.input["padding_mask"].shape)
             want = shape[:mask_rank]
-            if not shapes_compatible(mask.shape, want) or dtype_kind(mask) == "float":
+            if not shapes_compatible(mask.shape, want) or dtype_kind(
+                mask
+            ) not in ("bool", "int"):
                 raise ValueError(
                     f"`padding_mask` must be a bool or int array of shape "
                     f"{want} (the input's batch and position axes). "
                     f"Received: shape {tuple(mask.shape)}, dtype "
-                    f"{keras.backend.standardize_dtype(mask.dtype)}."
+                    f"{dtype_name(mask)}."
                 )
         inputs["padding_mask"] = mask
     return inputs

@@ -280,8 +280,13 @@ class PerceiverTask(ExportMixin, ValidatedInputsMixin, Task):
         sample_weight=None,
         validation_data=None,
         shuffle=True,
+        validation_split=0.0,
         **kwargs,
     ):
+        if validation_split:
+            x, y, sample_weight, validation_data = self._split_validation(
+                x, y, sample_weight, validation_split, validation_data
+            )
         batches = self._as_batches(x, y, sample_weight, batch_size, shuffle)
         if batches is None:
             # A dataset is shuffled by its own pipeline, not by Keras.
@@ -301,6 +306,42 @@ class PerceiverTask(ExportMixin, ValidatedInputsMixin, Task):
         return keras.Model.fit(
             self, batches, validation_data=validation_data, **kwargs
         )
+
+    def _split_validation(self, x, y, sample_weight, validation_split,
+                          validation_data):
+        """As `keras.Model.fit`: the last `validation_split` of the arrays,
+        taken before any shuffling, is held out (ignored when
+        `validation_data` is given)."""
+        if not 0.0 < validation_split < 1.0:
+            raise ValueError(
+                "`validation_split` must be a float in (0, 1). Received: "
+                f"validation_split={validation_split!r}."
+            )
+        x, y, sample_weight = map(_lists_to_arrays, (x, y, sample_weight))
+        if not is_array_data(x):
+            raise ValueError(
+                "`validation_split` is only supported for NumPy arrays or "
+                "tensors; pass `validation_data` with datasets. Received: "
+                f"x of type {type(x).__name__}."
+            )
+        if validation_data is not None:
+            return x, y, sample_weight, validation_data
+        data = _to_numpy((x, y, sample_weight))
+        size = len(keras.tree.flatten(data)[0])
+        split_at = int(np.floor(size * (1.0 - validation_split)))
+        if split_at in (0, size):
+            raise ValueError(
+                f"`validation_split`={validation_split} leaves an empty "
+                f"training or validation set for {size} samples."
+            )
+        train, held_out = (
+            keras.tree.map_structure(
+                lambda a: None if a is None else a[part], data
+            )
+            for part in (slice(None, split_at), slice(split_at, None))
+        )
+        held_out = tuple(part for part in held_out if part is not None)
+        return (*train, held_out)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None,
                  **kwargs):

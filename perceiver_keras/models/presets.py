@@ -139,6 +139,16 @@ def _build_offline(cls, name, kwargs):
         copy.deepcopy(builtin_preset(name)["keras_config"])
     )
     model = task.backbone if issubclass(cls, Backbone) else task
+    backbone_cls = getattr(cls, "backbone_cls", None)
+    if not isinstance(model, cls) and backbone_cls is not None and (
+        isinstance(task.backbone, backbone_cls)
+    ):
+        # Another task on this preset's backbone (e.g. a text classifier on
+        # the masked LM's encoder), as keras-hub builds it from a directory.
+        preprocessor_cls = getattr(cls, "preprocessor_cls", None)
+        if preprocessor_cls is not None and "preprocessor" not in kwargs:
+            kwargs = {**kwargs, "preprocessor": preprocessor_cls()}
+        return cls(backbone=task.backbone, **kwargs)
     if not isinstance(model, cls):
         raise ValueError(
             f"Preset {name!r} is a {type(model).__name__}; it cannot be "

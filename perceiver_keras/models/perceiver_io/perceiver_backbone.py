@@ -8,6 +8,8 @@ from perceiver_keras.layers.adapters import PerceiverTokenAdapter
 from perceiver_keras.layers.blocks import PerceiverCrossAttentionBlock
 from perceiver_keras.layers.blocks import PerceiverSelfAttentionBlock
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
+from perceiver_keras.layers.utils import check_positive
+from perceiver_keras.layers.utils import check_rate
 from perceiver_keras.layers.utils import deserialize_with_dtype
 from perceiver_keras.models import presets
 from perceiver_keras.models.attention_maps import attention_names_from
@@ -109,6 +111,30 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
         dtype=None,
         **kwargs,
     ):
+        for name in (
+            "num_latents", "latent_dim", "num_blocks",
+            "num_self_attends_per_block", "num_cross_attend_heads",
+            "num_self_attend_heads", "cross_attend_widening_factor",
+            "self_attend_widening_factor", "num_cross_attends",
+        ):
+            check_positive(name, locals()[name])
+        for name in (
+            "cross_attention_qk_channels", "cross_attention_v_channels",
+            "self_attention_qk_channels", "self_attention_v_channels",
+            "key_value_chunk_size",
+        ):
+            check_positive(name, locals()[name], optional=True)
+        check_rate("dropout", dropout)
+        check_rate("attention_dropout", attention_dropout)
+        check_positive("latent_init_scale", latent_init_scale, number=float)
+        self_qk = self_attention_qk_channels or latent_dim
+        if self_qk % num_self_attend_heads:
+            raise ValueError(
+                "The self-attention's query/key channels "
+                "(`self_attention_qk_channels`, default `latent_dim`) must be "
+                f"divisible by `num_self_attend_heads`={num_self_attend_heads}"
+                f". Received: {self_qk}."
+            )
         if not 1 <= num_cross_attends <= num_blocks:
             raise ValueError(
                 "`num_cross_attends` must be between 1 and `num_blocks`="
@@ -123,6 +149,18 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
                 position_encoding=None, dtype=dtype, name="input_adapter"
             )
         is_tokens = isinstance(input_adapter, PerceiverTokenAdapter)
+        token_width = input_adapter.compute_output_shape(
+            (None,) + inputs_shape
+        )[-1]
+        cross_qk = cross_attention_qk_channels or token_width
+        if cross_qk % num_cross_attend_heads:
+            raise ValueError(
+                "The cross-attention's query/key channels "
+                "(`cross_attention_qk_channels`, default: the width of the "
+                f"input adapter's tokens, {token_width}) must be divisible by "
+                f"`num_cross_attend_heads`={num_cross_attend_heads}. "
+                f"Received: {cross_qk}."
+            )
         self.input_adapter = input_adapter
         self.latents = TrainablePositionEncoding(
             num_latents,

@@ -4,6 +4,7 @@ import keras
 
 from perceiver_keras.layers.decoders import PerceiverClassificationDecoder
 from perceiver_keras.layers.decoders import PerceiverMeanPoolDecoder
+from perceiver_keras.layers.utils import check_positive
 from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_task import PerceiverTask
 from perceiver_keras.models.perceiver_task import query_decoder
@@ -60,6 +61,8 @@ class PerceiverClassifier(PerceiverTask):
         preprocessor=None,
         **kwargs,
     ):
+        check_positive("num_classes", num_classes)
+        check_positive("decoder_num_heads", decoder_num_heads)
         if pooling not in ("query", "mean"):
             raise ValueError(
                 "`pooling` must be 'query' or 'mean'. "

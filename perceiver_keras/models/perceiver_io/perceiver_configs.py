@@ -18,23 +18,37 @@ from perceiver_keras.layers.position_encoding import fourier_channels
 def recommended_config(kind, inputs_shape=None, **overrides):
     """`PerceiverBackbone` keyword arguments for a kind of data.
 
-    Sized to train on a CPU in minutes; scale `num_latents`, `latent_dim`
-    and the depth up for larger data.
+    Sized to train on a CPU in seconds to minutes (32 latents of 64
+    channels); scale `num_latents`, `latent_dim` and the depth up for larger
+    data. Each kind is checked to learn a small task of its kind about as
+    well as a linear baseline (`tests/test_recommended_configs_learn.py`).
 
     Args:
-        kind: "image" (`[H, W, C]` pixels with 2-D Fourier positions),
-            "sequence" (`[L, C]` float features with 1-D Fourier positions),
-            "point_set" (`[N, C]` unordered points whose features include
-            their coordinates: no positions), or "text" (byte token ids).
+        kind: "image" (`[H, W, C]` pixels: 4x4 patches, when the sizes allow,
+            projected to `latent_dim`, with 2-D Fourier positions),
+            "sequence" (`[L, C]` float features projected to `latent_dim`,
+            with 1-D Fourier positions), "point_set" (`[N, C]` unordered
+            points whose first up-to-3 channels are coordinates: their
+            Fourier features, projected; no positions), or "text" (byte
+            token ids, 4 cross-attention heads).
         inputs_shape: shape of one example; defaults per kind.
         **overrides: any `PerceiverBackbone` argument.
     """
+    latent_dim = overrides.get("latent_dim", 64)
     if kind == "image":
         inputs_shape = tuple(inputs_shape or (32, 32, 3))
+        # 4x4 patches, projected: with one token per pixel the latents'
+        # first (near-uniform) attention averages every image to the same
+        # token, and 3 colour channels beside the positions barely register.
+        patch = 4 if all(d and d % 4 == 0 for d in inputs_shape[:2]) else 1
+        grid = tuple(d and d // patch for d in inputs_shape[:2])
         adapter = PerceiverImageAdapter(
-            prep_type="pixels",
-            num_bands=16,
-            max_resolution=inputs_shape[:2],
+            prep_type="patches",
+            spatial_downsample=patch,
+            conv_after_patching=True,
+            num_channels=latent_dim,
+            num_bands=8,
+            max_resolution=None if None in grid else grid,
             name="input_adapter",
         )
     elif kind == "sequence":
@@ -42,18 +56,30 @@ def recommended_config(kind, inputs_shape=None, **overrides):
         adapter = PerceiverArrayAdapter(
             num_bands=16,
             max_resolution=(inputs_shape[0] or 1024,),
+            input_projection_dim=latent_dim,
             name="input_adapter",
         )
     elif kind == "point_set":
         inputs_shape = tuple(inputs_shape or (None, 3))
+        # Points are read by what they are: Fourier features of their
+        # coordinates (the first up-to-3 channels, roughly in [-1, 1]), as
+        # the Perceiver paper embeds them, projected to a wide token. Raw
+        # 3-channel points leave a LayerNorm one degree of freedom each.
         adapter = PerceiverArrayAdapter(
-            position_encoding=None, name="input_adapter"
+            position_encoding=None,
+            feature_fourier_channels=tuple(range(min(3, inputs_shape[-1]))),
+            feature_num_bands=4,
+            feature_max_frequency=4.0,
+            input_projection_dim=latent_dim,
+            name="input_adapter",
         )
     elif kind == "text":
         inputs_shape = tuple(inputs_shape or (512,))
         adapter = PerceiverTokenAdapter(
-            262, 128, inputs_shape[0], name="input_adapter"
+            262, latent_dim, inputs_shape[0], name="input_adapter"
         )
+        # Several heads let the latents pick out several words at once.
+        overrides.setdefault("num_cross_attend_heads", 4)
     else:
         raise ValueError(
             "`kind` must be one of 'image', 'sequence', 'point_set', 'text'. "
@@ -62,8 +88,8 @@ def recommended_config(kind, inputs_shape=None, **overrides):
     config = dict(
         inputs_shape=inputs_shape,
         input_adapter=adapter,
-        num_latents=64,
-        latent_dim=128,
+        num_latents=32,
+        latent_dim=latent_dim,
         num_blocks=2,
         num_self_attends_per_block=2,
         num_cross_attend_heads=1,
@@ -128,7 +154,11 @@ def _adapter_params(adapter, inputs_shape):
             if len(shape) == 5:
                 block *= adapter.temporal_downsample
             count += _dense(width_in * block, width_out)
-    grid = adapter.transform_shape(shape)[1:-1]
+    transformed = adapter.transform_shape(shape)
+    grid = transformed[1:-1]
+    if adapter.input_projection_dim:
+        width = adapter.feature_width(transformed[-1], projected=False)
+        count += _dense(width, adapter.input_projection_dim)
     if adapter.position_encoding == "trainable":
         count += math.prod(grid) * adapter.position_channels
         raw = adapter.position_channels
