@@ -29,6 +29,8 @@ hidden states `[B, num_latents, hidden_dim]`. `token_logits(hidden)` gives
 the next-token logits of each latent.
 """
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
@@ -106,22 +108,88 @@ def gather_rows(x, indices):
     return ops.take_along_axis(x, indices, axis=1)
 
 
-def _undo_functional_injection():
-    """Keras rewrites `Backbone.__bases__` to `(Functional,)` the first time
-    any functional backbone is built in a process, after which a subclassed
-    backbone such as this one cannot be constructed. Put `keras.Model` back;
-    the next functional backbone re-injects it for itself. Stopgap: a
-    functional backbone built earlier then misbehaves until one is built
-    again; the lasting fix is a functional `PerceiverARBackbone`."""
-    from keras.src.models.functional import Functional
-
-    if Backbone.__bases__ == (Functional,):
-        Backbone.__bases__ = (keras.Model,)
-
-
 @keras.saving.register_keras_serializable(package="perceiver_keras")
 class PerceiverARBackbone(Backbone):
     """Perceiver AR: causal latents over a long context.
+
+    A functional keras-hub backbone: inputs `token_ids` and `padding_mask`
+    (`[B, L]` each), output the latent states `[B, N, hidden_dim]`. The
+    whole computation is one `PerceiverARStack` layer (`backbone.stack`),
+    whose layers and helpers (`embed`, `token_logits`, ...) the backbone
+    exposes as its own. `num_latents=N` is a call argument (default
+    `max_latents`), passed down to the stack as a Keras call-context
+    argument: `backbone(inputs, num_latents=3)`.
+
+    Args:
+        vocabulary_size, hidden_dim, num_layers, num_heads,
+        max_sequence_length, max_latents: see `PerceiverARStack`.
+        **options: every other `PerceiverARStack` argument (listed there).
+    """
+
+    def __init__(self, vocabulary_size, hidden_dim, num_layers, num_heads,
+                 max_sequence_length, max_latents, dtype=None, name=None,
+                 trainable=True, **options):
+        stack = PerceiverARStack(
+            vocabulary_size=vocabulary_size, hidden_dim=hidden_dim,
+            num_layers=num_layers, num_heads=num_heads,
+            max_sequence_length=max_sequence_length, max_latents=max_latents,
+            dtype=dtype, name="perceiver_ar", **options,
+        )
+        # Assigned before the functional init, as keras-hub's backbones do.
+        self.stack = stack
+        self.token_embedding = stack.token_embedding
+
+        # === Functional Model ===
+        inputs = {
+            "token_ids": keras.Input((None,), dtype="int32",
+                                     name="token_ids"),
+            "padding_mask": keras.Input((None,), dtype="int32",
+                                        name="padding_mask"),
+        }
+        super().__init__(inputs=inputs, outputs=stack(inputs), dtype=dtype,
+                         name=name, trainable=trainable)
+        self._register_call_context_args("num_latents")
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's `from_preset`, plus the built-in names of
+        `perceiver_ar_presets.PRESETS` (see there)."""
+        from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
+
+        return perceiver_ar_presets.from_preset(
+            cls, preset, load_weights, kwargs,
+            lambda p: super(PerceiverARBackbone, cls).from_preset(
+                p, load_weights=load_weights, **kwargs),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.stack.arguments())
+        return config
+
+
+# What the backbone reads from its stack: the configuration, the layers the
+# CausalLM's cached generation and the converters use, and the helpers.
+_STACK_ATTRIBUTES = (
+    "position_embedding", "latent_query_layers", "learned_query",
+    "cross_attention_blocks", "self_attention_blocks", "output_norm",
+    "logits_dense", "logits_bias", "position_embedding_kind",
+    "embed", "rotary_positions", "initial_query", "token_logits",
+    "self_attention_key_mask",
+)
+
+
+def _stack_property(name):
+    return property(lambda self: getattr(self.stack, name),
+                    doc=f"The stack's `{name}`.")
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverARStack(keras.layers.Layer):
+    """The computation of `PerceiverARBackbone`, as one layer.
+
+    Call arguments: `{"token_ids", "padding_mask"}` and `num_latents`
+    (default `max_latents`); returns the latent states.
 
     Args:
         vocabulary_size: token ids are `< vocabulary_size`.
@@ -216,7 +284,6 @@ class PerceiverARBackbone(Backbone):
         attention_dropout=0.0,
         layer_norm_epsilon=1e-5,
         kernel_initializer="glorot_uniform",
-        dtype=None,
         **kwargs,
     ):
         _check_choice("mask_rules", mask_rules, MASK_RULES)
@@ -242,8 +309,8 @@ class PerceiverARBackbone(Backbone):
                 "`additional_cross_attend_after_layers` must index the "
                 f"{num_layers} self-attention layers. Received: {additional}."
             )
-        _undo_functional_injection()
-        super().__init__(dtype=dtype, **kwargs)
+        super().__init__(**kwargs)
+        self._register_call_context_args("num_latents")
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
@@ -396,18 +463,6 @@ class PerceiverARBackbone(Backbone):
             keras.initializers.serialize(self.kernel_initializer)
         )
 
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """keras-hub's `from_preset`, plus the built-in names of
-        `perceiver_ar_presets.PRESETS` (see there)."""
-        from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
-
-        return perceiver_ar_presets.from_preset(
-            cls, preset, load_weights, kwargs,
-            lambda p: super(PerceiverARBackbone, cls).from_preset(
-                p, load_weights=load_weights, **kwargs),
-        )
-
     # --- pieces shared by the forward pass and cached generation ----------
 
     def embed(self, token_ids, positions):
@@ -503,12 +558,17 @@ class PerceiverARBackbone(Backbone):
         return h
 
     def compute_output_shape(self, input_shape):
-        batch = input_shape["token_ids"][0]
-        return (batch, self.max_latents, self.hidden_dim)
+        # The number of latents is a call argument (None: unknown here).
+        return (input_shape["token_ids"][0], None, self.hidden_dim)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
+        config.update(self.arguments())
+        return config
+
+    def arguments(self):
+        """The constructor arguments besides the base layer's."""
+        return (
             {
                 "vocabulary_size": self.vocabulary_size,
                 "hidden_dim": self.hidden_dim,
@@ -557,7 +617,15 @@ class PerceiverARBackbone(Backbone):
                 ),
             }
         )
-        return config
+
+
+_STACK_ARGUMENTS = tuple(
+    name for name in inspect.signature(PerceiverARStack).parameters
+    if name not in ("kwargs", "position_embedding")
+)
+for _name in _STACK_ATTRIBUTES + _STACK_ARGUMENTS:
+    assert not hasattr(Backbone, _name), _name
+    setattr(PerceiverARBackbone, _name, _stack_property(_name))
 
 
 def validate_inputs(inputs):
