@@ -43,6 +43,9 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     PerceiverARSelfAttentionBlock,
 )
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
+    PerceiverARTokenEmbedding,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     activation_fn,
 )
 
@@ -356,8 +359,9 @@ class PerceiverARStack(keras.layers.Layer):
         # === Layers ===
         policy = self.dtype_policy
         shape_bl = (None, None, hidden_dim)
-        self.token_embedding = keras.layers.Embedding(
+        self.token_embedding = PerceiverARTokenEmbedding(
             vocabulary_size, hidden_dim,
+            use_logits_bias=tie_embeddings and use_logits_bias,
             embeddings_initializer=keras.initializers.RandomNormal(
                 stddev=0.02),
             dtype=policy, name="token_embedding",
@@ -443,14 +447,7 @@ class PerceiverARStack(keras.layers.Layer):
             )
             self.output_norm.build(shape_bl)
         self.logits_dense = None
-        self.logits_bias = None
-        if tie_embeddings:
-            if use_logits_bias:
-                self.logits_bias = self.add_weight(
-                    shape=(vocabulary_size,), name="logits_bias",
-                    initializer="zeros",
-                )
-        else:
+        if not tie_embeddings:
             self.logits_dense = keras.layers.Dense(
                 vocabulary_size, use_bias=use_logits_bias,
                 kernel_initializer=self._init(), dtype=policy, name="logits",
@@ -491,15 +488,16 @@ class PerceiverARStack(keras.layers.Layer):
                 x = activation_fn(self.activation)(x)
         return x
 
+    @property
+    def logits_bias(self):
+        """The bias of tied logits (None without)."""
+        return self.token_embedding.logits_bias
+
     def token_logits(self, hidden):
         """Next-token logits `[..., vocabulary_size]` of latent states."""
         if self.logits_dense is not None:
             return self.logits_dense(hidden)
-        embeddings = ops.cast(self.token_embedding.embeddings, hidden.dtype)
-        logits = ops.matmul(hidden, ops.transpose(embeddings))
-        if self.logits_bias is not None:
-            logits = logits + ops.cast(self.logits_bias, logits.dtype)
-        return logits
+        return self.token_embedding(hidden, reverse=True)
 
     def self_attention_key_mask(self, causal, key_valid):
         """DeepMind masks invalid latents as keys (the diagonal stays on);
@@ -525,6 +523,8 @@ class PerceiverARStack(keras.layers.Layer):
                 f"{self.max_latents}. Received: num_latents={num_latents}."
             )
         length = ops.shape(token_ids)[1]
+        if isinstance(length, int):  # fewer positions than latents: all are
+            num_latents = min(num_latents, length)
         positions = token_positions(
             mask, self.position_start, self.terminal_relative_positions
         )
@@ -557,9 +557,11 @@ class PerceiverARStack(keras.layers.Layer):
             h = self.output_norm(h)
         return h
 
-    def compute_output_shape(self, input_shape):
-        # The number of latents is a call argument (None: unknown here).
-        return (input_shape["token_ids"][0], None, self.hidden_dim)
+    def compute_output_shape(self, input_shape=None):
+        # The number of latents is a call argument (None: unknown here);
+        # Keras passes no shape for NumPy inputs.
+        batch = input_shape["token_ids"][0] if input_shape else None
+        return (batch, None, self.hidden_dim)
 
     def get_config(self):
         config = super().get_config()

@@ -20,8 +20,12 @@ ends at the same index.
 
 import keras
 from keras import ops
+# Named as a base: Keras' injection of `Functional` into a class hierarchy
+# fails on this class's diamond (PerceiverTask and CausalLM share Task).
+from keras.src.models.functional import Functional
 from keras_hub.models import CausalLM
 
+from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.perceiver_task import PerceiverTask
 
 from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
@@ -47,7 +51,7 @@ def _any_equal(x, values, mask):
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverARCausalLM(PerceiverTask, CausalLM):
+class PerceiverARCausalLM(PerceiverTask, CausalLM, Functional):
     """Next-token prediction with a `PerceiverARBackbone`.
 
     Args:
@@ -75,13 +79,19 @@ class PerceiverARCausalLM(PerceiverTask, CausalLM):
 
     def __init__(self, backbone, preprocessor=None, num_latents=None,
                  generation_num_latents=1, **kwargs):
-        super().__init__(**kwargs)
+        # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.dtype_policy = backbone.dtype_policy
+
+        # === Functional Model ===
+        inputs = backbone.input
+        logits = backbone.token_logits(backbone(inputs))
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self._register_call_context_args("num_latents")
+
+        # === Config ===
         self.num_latents = num_latents
         self.generation_num_latents = generation_num_latents
-        self.build(None)  # every weight is the backbone's, already built
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -96,12 +106,14 @@ class PerceiverARCausalLM(PerceiverTask, CausalLM):
     def validate_inputs(self, inputs):
         return validate_inputs(inputs)
 
-    def call(self, inputs, num_latents=None, training=None):
-        hidden = self.backbone(
-            inputs, num_latents=num_latents or self.num_latents,
-            training=training,
+    def call(self, inputs, num_latents=None, training=None, mask=None):
+        # The functional graph, with this call's number of latents (passed
+        # down to the backbone's stack as a call-context argument).
+        inputs = self.validate_inputs(inputs)
+        return super(ValidatedInputsMixin, self).call(
+            inputs, training=training, mask=mask,
+            num_latents=num_latents or self.num_latents,
         )
-        return self.backbone.token_logits(hidden)
 
     # --- cached generation ------------------------------------------------
 
