@@ -38,6 +38,12 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
     validate_inputs,
 )
 from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
+from perceiver_keras.models.perceiver_ar.perceiver_ar_metrics import (
+    BitsPerToken,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_metrics import (
+    Perplexity,
+)
 from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor import (  # noqa: E501
     PerceiverARCausalLMPreprocessor,
 )
@@ -70,9 +76,17 @@ class PerceiverARCausalLM(PerceiverTask, CausalLM, Functional):
     positions.
     """
 
-    # keras-hub's CausalLM defaults (cross-entropy on logits, weighted
-    # accuracy), not PerceiverTask's.
-    compile = CausalLM.compile
+    def compile(self, optimizer="auto", loss="auto", *,
+                weighted_metrics="auto", sampler="top_k", **kwargs):
+        """keras-hub's `CausalLM.compile` (cross-entropy on logits, Adam),
+        with "auto" weighted metrics: accuracy, `BitsPerToken` (bits per
+        byte with the byte tokenizer) and `Perplexity`."""
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(),
+                                BitsPerToken(), Perplexity()]
+        CausalLM.compile(self, optimizer=optimizer, loss=loss,
+                         weighted_metrics=weighted_metrics, sampler=sampler,
+                         **kwargs)
 
     backbone_cls = PerceiverARBackbone
     preprocessor_cls = PerceiverARCausalLMPreprocessor
