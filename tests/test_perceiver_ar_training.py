@@ -67,3 +67,36 @@ def test_evaluate_reports_bits_per_byte_of_the_latent_positions():
     np.testing.assert_allclose(result["bits_per_token"], mean / np.log(2),
                                rtol=1e-5)
     np.testing.assert_allclose(result["perplexity"], np.exp(mean), rtol=1e-5)
+
+
+def test_prefix_dropout_keeps_an_ordered_subset_of_the_prefix():
+    """With no positions at all (no rotary, no position table) a row with
+    prefix dropout computes exactly what the model computes on that row
+    with the dropped prefix tokens removed; one of the C(4, 2) subsets."""
+    from itertools import combinations
+
+    config = dict(vocabulary_size=40, hidden_dim=8, num_layers=1,
+                  num_heads=2, max_sequence_length=8, max_latents=2,
+                  position_embedding=None, rotary_fraction=0.0)
+    keras.utils.set_random_seed(0)
+    dropped = PerceiverARBackbone(**config, prefix_dropout=0.5)
+    plain = PerceiverARBackbone(**config)
+    plain.set_weights(dropped.get_weights()[:len(plain.weights)])
+    ids = np.random.default_rng(0).integers(1, 40, (3, 6)).astype("int32")
+    out = keras.ops.convert_to_numpy(dropped(
+        {"token_ids": ids, "padding_mask": np.ones((3, 6), bool)},
+        training=True))
+    for row in range(3):
+        matches = []
+        for kept in combinations(range(4), 2):
+            sub = ids[row:row + 1, list(kept) + [4, 5]]
+            expected = keras.ops.convert_to_numpy(plain(
+                {"token_ids": sub, "padding_mask": np.ones((1, 4), bool)}))
+            if np.abs(expected[0] - out[row]).max() < 1e-5:
+                matches.append(kept)
+        assert len(matches) == 1, (row, matches)
+    # Evaluation and prediction see the whole prefix.
+    full = {"token_ids": ids, "padding_mask": np.ones((3, 6), bool)}
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(dropped(full)),
+        keras.ops.convert_to_numpy(plain(full)), atol=1e-6)

@@ -244,6 +244,9 @@ class PerceiverARStack(keras.layers.Layer):
         tie_embeddings: logits from the token embedding (else a Dense).
         use_logits_bias: bias on the logits.
         attention_dropout: dropout on attention probabilities.
+        prefix_dropout: training only, krasserm's prefix dropout: the
+            fraction of prefix (non-latent) positions each row drops at
+            random; the rest keep their positions (`mask_rules="krasserm"`).
         layer_norm_epsilon: every LayerNorm's epsilon.
         kernel_initializer: of every Dense.
     """
@@ -285,6 +288,7 @@ class PerceiverARStack(keras.layers.Layer):
         tie_embeddings=True,
         use_logits_bias=True,
         attention_dropout=0.0,
+        prefix_dropout=0.0,
         layer_norm_epsilon=1e-5,
         kernel_initializer="glorot_uniform",
         **kwargs,
@@ -353,6 +357,20 @@ class PerceiverARStack(keras.layers.Layer):
         self.tie_embeddings = tie_embeddings
         self.use_logits_bias = use_logits_bias
         self.attention_dropout = attention_dropout
+        if not 0 <= prefix_dropout < 1:
+            raise ValueError(
+                f"`prefix_dropout` must be in [0, 1). Received: "
+                f"prefix_dropout={prefix_dropout}."
+            )
+        if prefix_dropout and mask_rules != "krasserm":
+            raise ValueError(
+                '`prefix_dropout` needs `mask_rules="krasserm"` (latents '
+                "at the end of every row)."
+            )
+        self.prefix_dropout = prefix_dropout
+        # Only with dropout: a seed generator adds a state variable.
+        self.prefix_seed_generator = (
+            keras.random.SeedGenerator() if prefix_dropout else None)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
@@ -529,6 +547,10 @@ class PerceiverARStack(keras.layers.Layer):
             mask, self.position_start, self.terminal_relative_positions
         )
         x = self.embed(token_ids, positions)
+        if training and self.prefix_dropout > 0:
+            x, positions, mask = self._drop_prefix(x, positions, mask,
+                                                   num_latents)
+            length = ops.shape(x)[1]
         index = latent_indices(mask, num_latents, self.mask_rules)
         latent_valid = ops.logical_and(index >= 0, gather_rows(mask, index))
         rotary = self.rotary_positions(positions)
@@ -556,6 +578,26 @@ class PerceiverARStack(keras.layers.Layer):
         if self.output_norm is not None:
             h = self.output_norm(h)
         return h
+
+    def _drop_prefix(self, x, positions, mask, num_latents):
+        """krasserm's prefix dropout: each row keeps a random, ordered
+        subset of `prefix - int(prefix * prefix_dropout)` prefix positions
+        (their embeddings and positions as computed before), then the
+        latents. Shapes must be static (eager or compiled training)."""
+        batch, length = x.shape[0], x.shape[1]
+        prefix = length - num_latents
+        keep = prefix - int(prefix * self.prefix_dropout)
+        if prefix <= 0 or keep == prefix:
+            return x, positions, mask
+        scores = keras.random.uniform((batch, prefix),
+                                      seed=self.prefix_seed_generator)
+        kept = ops.sort(ops.top_k(scores, keep)[1], axis=-1)
+        latents = ops.arange(prefix, length, dtype=kept.dtype)
+        rows = ops.concatenate(
+            [kept, ops.broadcast_to(latents[None], (batch, num_latents))],
+            axis=1)
+        return (gather_rows(x, rows), gather_rows(positions, rows),
+                gather_rows(mask, rows))
 
     def compute_output_shape(self, input_shape=None):
         # The number of latents is a call argument (None: unknown here);
@@ -613,6 +655,7 @@ class PerceiverARStack(keras.layers.Layer):
                 "tie_embeddings": self.tie_embeddings,
                 "use_logits_bias": self.use_logits_bias,
                 "attention_dropout": self.attention_dropout,
+                "prefix_dropout": self.prefix_dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
