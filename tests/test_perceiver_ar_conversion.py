@@ -6,7 +6,6 @@ krasserm `save_pretrained` directory (perceiver-io, PyTorch), each with
 inputs and the reference code's outputs.
 """
 
-import io
 import json
 import os
 import pickle

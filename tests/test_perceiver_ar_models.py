@@ -81,12 +81,6 @@ def recompute_greedy(lm, ids, mask, prompt_end, num_latents, steps):
     return ids
 
 
-@pytest.mark.xfail(
-    reason="open integration defect on the merged base: under TF/JAX the "
-    "preprocessor put back after generate_ids is not applied / cannot be "
-    "re-tracked on a built task (passes on torch)",
-    strict=False,
-)
 @pytest.mark.parametrize("style", ["krasserm", "deepmind"])
 def test_cached_generation_equals_recomputing_the_latents(
         krasserm_lm, deepmind_lm, style):
@@ -118,12 +112,6 @@ def test_cached_step_logits_equal_the_forward_pass(krasserm_lm):
     assert_close(logits[:, 0], keras.ops.convert_to_numpy(expected)[:, -1])
 
 
-@pytest.mark.xfail(
-    reason="open integration defect on the merged base: under TF/JAX the "
-    "preprocessor put back after generate_ids is not applied / cannot be "
-    "re-tracked on a built task (passes on torch)",
-    strict=False,
-)
 def test_generation_does_not_retrace_per_token(krasserm_lm):
     lm = krasserm_lm
     lm.compile(sampler="greedy")  # a fresh generate function
@@ -147,12 +135,6 @@ def test_generation_does_not_retrace_per_token(krasserm_lm):
         assert 1 <= traced <= 2 and len(calls) == traced
 
 
-@pytest.mark.xfail(
-    reason="open integration defect on the merged base: under TF/JAX the "
-    "preprocessor put back after generate_ids is not applied / cannot be "
-    "re-tracked on a built task (passes on torch)",
-    strict=False,
-)
 @pytest.mark.parametrize(
     "sampler", ["greedy", "top_k", "top_p", "random", "beam", "contrastive"])
 def test_every_keras_hub_sampler_generates_from_strings(krasserm_lm, sampler):
@@ -229,12 +211,6 @@ def test_backbone_rejects_bad_inputs_by_name(krasserm_lm):
         PerceiverARBackbone(**dict(TINY, mask_rules="other"))
 
 
-@pytest.mark.xfail(
-    reason="open integration defect on the merged base: under TF/JAX the "
-    "preprocessor put back after generate_ids is not applied / cannot be "
-    "re-tracked on a built task (passes on torch)",
-    strict=False,
-)
 def test_config_round_trip_and_preset_with_tokenizer(deepmind_lm, tmp_path):
     backbone = deepmind_lm.backbone
     rebuilt = PerceiverARBackbone.from_config(backbone.get_config())

@@ -167,6 +167,15 @@ class PerceiverTask(ExportMixin, ValidatedInputsMixin, Task):
             config[name] = value
         return config
 
+    def __setattr__(self, name, value):
+        # Keras' `Layer.__setattr__` tracks the assigned value before the
+        # property setter runs, so on TF/JAX (keras-hub skips it on torch
+        # only) `task.preprocessor = p` on a built task hits the tracker
+        # lock before our setter can unlock it. Go straight to the setter.
+        if name == "preprocessor":
+            return object.__setattr__(self, name, value)
+        return super().__setattr__(name, value)
+
     @property
     def preprocessor(self):
         return getattr(self, "_preprocessor", None)

@@ -29,6 +29,8 @@ hidden states `[B, num_latents, hidden_dim]`. `token_logits(hidden)` gives
 the next-token logits of each latent.
 """
 
+import inspect
+
 import keras
 import numpy as np
 from keras import ops
@@ -39,6 +41,9 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
 )
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     PerceiverARSelfAttentionBlock,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
+    PerceiverARTokenEmbedding,
 )
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     activation_fn,
@@ -106,22 +111,88 @@ def gather_rows(x, indices):
     return ops.take_along_axis(x, indices, axis=1)
 
 
-def _undo_functional_injection():
-    """Keras rewrites `Backbone.__bases__` to `(Functional,)` the first time
-    any functional backbone is built in a process, after which a subclassed
-    backbone such as this one cannot be constructed. Put `keras.Model` back;
-    the next functional backbone re-injects it for itself. Stopgap: a
-    functional backbone built earlier then misbehaves until one is built
-    again; the lasting fix is a functional `PerceiverARBackbone`."""
-    from keras.src.models.functional import Functional
-
-    if Backbone.__bases__ == (Functional,):
-        Backbone.__bases__ = (keras.Model,)
-
-
 @keras.saving.register_keras_serializable(package="perceiver_keras")
 class PerceiverARBackbone(Backbone):
     """Perceiver AR: causal latents over a long context.
+
+    A functional keras-hub backbone: inputs `token_ids` and `padding_mask`
+    (`[B, L]` each), output the latent states `[B, N, hidden_dim]`. The
+    whole computation is one `PerceiverARStack` layer (`backbone.stack`),
+    whose layers and helpers (`embed`, `token_logits`, ...) the backbone
+    exposes as its own. `num_latents=N` is a call argument (default
+    `max_latents`), passed down to the stack as a Keras call-context
+    argument: `backbone(inputs, num_latents=3)`.
+
+    Args:
+        vocabulary_size, hidden_dim, num_layers, num_heads,
+        max_sequence_length, max_latents: see `PerceiverARStack`.
+        **options: every other `PerceiverARStack` argument (listed there).
+    """
+
+    def __init__(self, vocabulary_size, hidden_dim, num_layers, num_heads,
+                 max_sequence_length, max_latents, dtype=None, name=None,
+                 trainable=True, **options):
+        stack = PerceiverARStack(
+            vocabulary_size=vocabulary_size, hidden_dim=hidden_dim,
+            num_layers=num_layers, num_heads=num_heads,
+            max_sequence_length=max_sequence_length, max_latents=max_latents,
+            dtype=dtype, name="perceiver_ar", **options,
+        )
+        # Assigned before the functional init, as keras-hub's backbones do.
+        self.stack = stack
+        self.token_embedding = stack.token_embedding
+
+        # === Functional Model ===
+        inputs = {
+            "token_ids": keras.Input((None,), dtype="int32",
+                                     name="token_ids"),
+            "padding_mask": keras.Input((None,), dtype="int32",
+                                        name="padding_mask"),
+        }
+        super().__init__(inputs=inputs, outputs=stack(inputs), dtype=dtype,
+                         name=name, trainable=trainable)
+        self._register_call_context_args("num_latents")
+
+    @classmethod
+    def from_preset(cls, preset, load_weights=True, **kwargs):
+        """keras-hub's `from_preset`, plus the built-in names of
+        `perceiver_ar_presets.PRESETS` (see there)."""
+        from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
+
+        return perceiver_ar_presets.from_preset(
+            cls, preset, load_weights, kwargs,
+            lambda p: super(PerceiverARBackbone, cls).from_preset(
+                p, load_weights=load_weights, **kwargs),
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(self.stack.arguments())
+        return config
+
+
+# What the backbone reads from its stack: the configuration, the layers the
+# CausalLM's cached generation and the converters use, and the helpers.
+_STACK_ATTRIBUTES = (
+    "position_embedding", "latent_query_layers", "learned_query",
+    "cross_attention_blocks", "self_attention_blocks", "output_norm",
+    "logits_dense", "logits_bias", "position_embedding_kind",
+    "embed", "rotary_positions", "initial_query", "token_logits",
+    "self_attention_key_mask",
+)
+
+
+def _stack_property(name):
+    return property(lambda self: getattr(self.stack, name),
+                    doc=f"The stack's `{name}`.")
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverARStack(keras.layers.Layer):
+    """The computation of `PerceiverARBackbone`, as one layer.
+
+    Call arguments: `{"token_ids", "padding_mask"}` and `num_latents`
+    (default `max_latents`); returns the latent states.
 
     Args:
         vocabulary_size: token ids are `< vocabulary_size`.
@@ -173,6 +244,9 @@ class PerceiverARBackbone(Backbone):
         tie_embeddings: logits from the token embedding (else a Dense).
         use_logits_bias: bias on the logits.
         attention_dropout: dropout on attention probabilities.
+        prefix_dropout: training only, krasserm's prefix dropout: the
+            fraction of prefix (non-latent) positions each row drops at
+            random; the rest keep their positions (`mask_rules="krasserm"`).
         layer_norm_epsilon: every LayerNorm's epsilon.
         kernel_initializer: of every Dense.
     """
@@ -214,9 +288,9 @@ class PerceiverARBackbone(Backbone):
         tie_embeddings=True,
         use_logits_bias=True,
         attention_dropout=0.0,
+        prefix_dropout=0.0,
         layer_norm_epsilon=1e-5,
         kernel_initializer="glorot_uniform",
-        dtype=None,
         **kwargs,
     ):
         _check_choice("mask_rules", mask_rules, MASK_RULES)
@@ -242,8 +316,8 @@ class PerceiverARBackbone(Backbone):
                 "`additional_cross_attend_after_layers` must index the "
                 f"{num_layers} self-attention layers. Received: {additional}."
             )
-        _undo_functional_injection()
-        super().__init__(dtype=dtype, **kwargs)
+        super().__init__(**kwargs)
+        self._register_call_context_args("num_latents")
 
         # === Config ===
         self.vocabulary_size = vocabulary_size
@@ -283,14 +357,29 @@ class PerceiverARBackbone(Backbone):
         self.tie_embeddings = tie_embeddings
         self.use_logits_bias = use_logits_bias
         self.attention_dropout = attention_dropout
+        if not 0 <= prefix_dropout < 1:
+            raise ValueError(
+                f"`prefix_dropout` must be in [0, 1). Received: "
+                f"prefix_dropout={prefix_dropout}."
+            )
+        if prefix_dropout and mask_rules != "krasserm":
+            raise ValueError(
+                '`prefix_dropout` needs `mask_rules="krasserm"` (latents '
+                "at the end of every row)."
+            )
+        self.prefix_dropout = prefix_dropout
+        # Only with dropout: a seed generator adds a state variable.
+        self.prefix_seed_generator = (
+            keras.random.SeedGenerator() if prefix_dropout else None)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
         # === Layers ===
         policy = self.dtype_policy
         shape_bl = (None, None, hidden_dim)
-        self.token_embedding = keras.layers.Embedding(
+        self.token_embedding = PerceiverARTokenEmbedding(
             vocabulary_size, hidden_dim,
+            use_logits_bias=tie_embeddings and use_logits_bias,
             embeddings_initializer=keras.initializers.RandomNormal(
                 stddev=0.02),
             dtype=policy, name="token_embedding",
@@ -376,14 +465,7 @@ class PerceiverARBackbone(Backbone):
             )
             self.output_norm.build(shape_bl)
         self.logits_dense = None
-        self.logits_bias = None
-        if tie_embeddings:
-            if use_logits_bias:
-                self.logits_bias = self.add_weight(
-                    shape=(vocabulary_size,), name="logits_bias",
-                    initializer="zeros",
-                )
-        else:
+        if not tie_embeddings:
             self.logits_dense = keras.layers.Dense(
                 vocabulary_size, use_bias=use_logits_bias,
                 kernel_initializer=self._init(), dtype=policy, name="logits",
@@ -394,18 +476,6 @@ class PerceiverARBackbone(Backbone):
     def _init(self):
         return keras.initializers.get(
             keras.initializers.serialize(self.kernel_initializer)
-        )
-
-    @classmethod
-    def from_preset(cls, preset, load_weights=True, **kwargs):
-        """keras-hub's `from_preset`, plus the built-in names of
-        `perceiver_ar_presets.PRESETS` (see there)."""
-        from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
-
-        return perceiver_ar_presets.from_preset(
-            cls, preset, load_weights, kwargs,
-            lambda p: super(PerceiverARBackbone, cls).from_preset(
-                p, load_weights=load_weights, **kwargs),
         )
 
     # --- pieces shared by the forward pass and cached generation ----------
@@ -436,15 +506,16 @@ class PerceiverARBackbone(Backbone):
                 x = activation_fn(self.activation)(x)
         return x
 
+    @property
+    def logits_bias(self):
+        """The bias of tied logits (None without)."""
+        return self.token_embedding.logits_bias
+
     def token_logits(self, hidden):
         """Next-token logits `[..., vocabulary_size]` of latent states."""
         if self.logits_dense is not None:
             return self.logits_dense(hidden)
-        embeddings = ops.cast(self.token_embedding.embeddings, hidden.dtype)
-        logits = ops.matmul(hidden, ops.transpose(embeddings))
-        if self.logits_bias is not None:
-            logits = logits + ops.cast(self.logits_bias, logits.dtype)
-        return logits
+        return self.token_embedding(hidden, reverse=True)
 
     def self_attention_key_mask(self, causal, key_valid):
         """DeepMind masks invalid latents as keys (the diagonal stays on);
@@ -470,10 +541,16 @@ class PerceiverARBackbone(Backbone):
                 f"{self.max_latents}. Received: num_latents={num_latents}."
             )
         length = ops.shape(token_ids)[1]
+        if isinstance(length, int):  # fewer positions than latents: all are
+            num_latents = min(num_latents, length)
         positions = token_positions(
             mask, self.position_start, self.terminal_relative_positions
         )
         x = self.embed(token_ids, positions)
+        if training and self.prefix_dropout > 0:
+            x, positions, mask = self._drop_prefix(x, positions, mask,
+                                                   num_latents)
+            length = ops.shape(x)[1]
         index = latent_indices(mask, num_latents, self.mask_rules)
         latent_valid = ops.logical_and(index >= 0, gather_rows(mask, index))
         rotary = self.rotary_positions(positions)
@@ -502,13 +579,40 @@ class PerceiverARBackbone(Backbone):
             h = self.output_norm(h)
         return h
 
-    def compute_output_shape(self, input_shape):
-        batch = input_shape["token_ids"][0]
-        return (batch, self.max_latents, self.hidden_dim)
+    def _drop_prefix(self, x, positions, mask, num_latents):
+        """krasserm's prefix dropout: each row keeps a random, ordered
+        subset of `prefix - int(prefix * prefix_dropout)` prefix positions
+        (their embeddings and positions as computed before), then the
+        latents. Shapes must be static (eager or compiled training)."""
+        batch, length = x.shape[0], x.shape[1]
+        prefix = length - num_latents
+        keep = prefix - int(prefix * self.prefix_dropout)
+        if prefix <= 0 or keep == prefix:
+            return x, positions, mask
+        scores = keras.random.uniform((batch, prefix),
+                                      seed=self.prefix_seed_generator)
+        kept = ops.sort(ops.top_k(scores, keep)[1], axis=-1)
+        latents = ops.arange(prefix, length, dtype=kept.dtype)
+        rows = ops.concatenate(
+            [kept, ops.broadcast_to(latents[None], (batch, num_latents))],
+            axis=1)
+        return (gather_rows(x, rows), gather_rows(positions, rows),
+                gather_rows(mask, rows))
+
+    def compute_output_shape(self, input_shape=None):
+        # The number of latents is a call argument (None: unknown here);
+        # Keras passes no shape for NumPy inputs.
+        batch = input_shape["token_ids"][0] if input_shape else None
+        return (batch, None, self.hidden_dim)
 
     def get_config(self):
         config = super().get_config()
-        config.update(
+        config.update(self.arguments())
+        return config
+
+    def arguments(self):
+        """The constructor arguments besides the base layer's."""
+        return (
             {
                 "vocabulary_size": self.vocabulary_size,
                 "hidden_dim": self.hidden_dim,
@@ -551,13 +655,22 @@ class PerceiverARBackbone(Backbone):
                 "tie_embeddings": self.tie_embeddings,
                 "use_logits_bias": self.use_logits_bias,
                 "attention_dropout": self.attention_dropout,
+                "prefix_dropout": self.prefix_dropout,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
             }
         )
-        return config
+
+
+_STACK_ARGUMENTS = tuple(
+    name for name in inspect.signature(PerceiverARStack).parameters
+    if name not in ("kwargs", "position_embedding")
+)
+for _name in _STACK_ATTRIBUTES + _STACK_ARGUMENTS:
+    assert not hasattr(Backbone, _name), _name
+    setattr(PerceiverARBackbone, _name, _stack_property(_name))
 
 
 def validate_inputs(inputs):

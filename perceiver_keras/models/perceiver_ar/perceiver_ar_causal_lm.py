@@ -20,8 +20,12 @@ ends at the same index.
 
 import keras
 from keras import ops
+# Named as a base: Keras' injection of `Functional` into a class hierarchy
+# fails on this class's diamond (PerceiverTask and CausalLM share Task).
+from keras.src.models.functional import Functional
 from keras_hub.models import CausalLM
 
+from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.perceiver_task import PerceiverTask
 
 from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
@@ -34,6 +38,12 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
     validate_inputs,
 )
 from perceiver_keras.models.perceiver_ar import perceiver_ar_presets
+from perceiver_keras.models.perceiver_ar.perceiver_ar_metrics import (
+    BitsPerToken,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_metrics import (
+    Perplexity,
+)
 from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor import (  # noqa: E501
     PerceiverARCausalLMPreprocessor,
 )
@@ -47,7 +57,7 @@ def _any_equal(x, values, mask):
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverARCausalLM(PerceiverTask, CausalLM):
+class PerceiverARCausalLM(PerceiverTask, CausalLM, Functional):
     """Next-token prediction with a `PerceiverARBackbone`.
 
     Args:
@@ -66,22 +76,36 @@ class PerceiverARCausalLM(PerceiverTask, CausalLM):
     positions.
     """
 
-    # keras-hub's CausalLM defaults (cross-entropy on logits, weighted
-    # accuracy), not PerceiverTask's.
-    compile = CausalLM.compile
+    def compile(self, optimizer="auto", loss="auto", *,
+                weighted_metrics="auto", sampler="top_k", **kwargs):
+        """keras-hub's `CausalLM.compile` (cross-entropy on logits, Adam),
+        with "auto" weighted metrics: accuracy, `BitsPerToken` (bits per
+        byte with the byte tokenizer) and `Perplexity`."""
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(),
+                                BitsPerToken(), Perplexity()]
+        CausalLM.compile(self, optimizer=optimizer, loss=loss,
+                         weighted_metrics=weighted_metrics, sampler=sampler,
+                         **kwargs)
 
     backbone_cls = PerceiverARBackbone
     preprocessor_cls = PerceiverARCausalLMPreprocessor
 
     def __init__(self, backbone, preprocessor=None, num_latents=None,
                  generation_num_latents=1, **kwargs):
-        super().__init__(**kwargs)
+        # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor
-        self.dtype_policy = backbone.dtype_policy
+
+        # === Functional Model ===
+        inputs = backbone.input
+        logits = backbone.token_logits(backbone(inputs))
+        super().__init__(inputs=inputs, outputs=logits, **kwargs)
+        self._register_call_context_args("num_latents")
+
+        # === Config ===
         self.num_latents = num_latents
         self.generation_num_latents = generation_num_latents
-        self.build(None)  # every weight is the backbone's, already built
 
     @classmethod
     def from_preset(cls, preset, load_weights=True, **kwargs):
@@ -96,12 +120,14 @@ class PerceiverARCausalLM(PerceiverTask, CausalLM):
     def validate_inputs(self, inputs):
         return validate_inputs(inputs)
 
-    def call(self, inputs, num_latents=None, training=None):
-        hidden = self.backbone(
-            inputs, num_latents=num_latents or self.num_latents,
-            training=training,
+    def call(self, inputs, num_latents=None, training=None, mask=None):
+        # The functional graph, with this call's number of latents (passed
+        # down to the backbone's stack as a call-context argument).
+        inputs = self.validate_inputs(inputs)
+        return super(ValidatedInputsMixin, self).call(
+            inputs, training=training, mask=mask,
+            num_latents=num_latents or self.num_latents,
         )
-        return self.backbone.token_logits(hidden)
 
     # --- cached generation ------------------------------------------------
 

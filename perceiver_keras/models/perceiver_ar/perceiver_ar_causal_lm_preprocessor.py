@@ -15,6 +15,8 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_tokenizer import (
 def _texts(x, name="x"):
     if isinstance(x, (str, bytes)):
         return [x], True
+    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):  # eager tf
+        x = x.numpy()
     if isinstance(x, np.ndarray) and x.dtype.kind in "USO":
         return [str(t) if not isinstance(t, bytes) else t.decode()
                 for t in x.reshape(-1)], False
@@ -24,6 +26,15 @@ def _texts(x, name="x"):
         f"`{name}` must be a string or a list/array of strings. Received: "
         f"{type(x).__name__}."
     )
+
+
+def _is_graph_tensor(x):
+    """A symbolic TensorFlow tensor (tf.data map, tf.function)."""
+    try:
+        import tensorflow as tf
+    except ImportError:
+        return False
+    return tf.is_tensor(x) and not tf.executing_eagerly()
 
 
 def _ids(x):
@@ -97,6 +108,8 @@ class PerceiverARCausalLMPreprocessor(CausalLMPreprocessor):
                 "`x`; pass only texts."
             )
         length = sequence_length or self.sequence_length
+        if _is_graph_tensor(x):  # inside tf.data's map: pack with NumPy
+            return self._call_in_graph(x, length)
         texts, _ = _texts(x)
         rows = self._frame(texts, self.add_end_token)
         ids, mask = self._left_pad([r[:length + 1] for r in rows], length + 1)
@@ -104,6 +117,22 @@ class PerceiverARCausalLMPreprocessor(CausalLMPreprocessor):
         features = {"token_ids": ids[:, :-1], "padding_mask": mask[:, :-1]}
         return keras.utils.pack_x_y_sample_weight(
             features, ids[:, -n:], mask[:, -n:].astype("float32"))
+
+    def _call_in_graph(self, x, length):
+        import tensorflow as tf
+
+        def pack(texts):
+            features, y, w = self.call(texts, sequence_length=length)
+            return (features["token_ids"], features["padding_mask"], y, w)
+
+        ids, mask, y, w = tf.numpy_function(
+            pack, [x], [tf.int32, tf.bool, tf.int32, tf.float32])
+        ids.set_shape((None, length))
+        mask.set_shape((None, length))
+        y.set_shape((None, self.num_latents))
+        w.set_shape((None, self.num_latents))
+        return keras.utils.pack_x_y_sample_weight(
+            {"token_ids": ids, "padding_mask": mask}, y, w)
 
     def generate_preprocess(self, x, sequence_length=None):
         length = sequence_length or self.sequence_length

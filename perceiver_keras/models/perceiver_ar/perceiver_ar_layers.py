@@ -445,3 +445,58 @@ class PerceiverARSelfAttentionBlock(_Block):
         x = x + self.attention(normed, normed, positions, positions, mask,
                                training=training)
         return self.mlp(x)
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverARTokenEmbedding(keras.layers.Embedding):
+    """Token embedding that also gives tied logits: `layer(ids)` embeds,
+    `layer(hidden, reverse=True)` is `hidden @ embeddings.T (+ bias)`
+    (krasserm's output adapter), so a functional graph can call both.
+
+    Args:
+        use_logits_bias: a `[vocabulary]` bias on the reverse logits.
+        (the rest as `keras.layers.Embedding`)
+    """
+
+    def __init__(self, input_dim, output_dim, use_logits_bias=False,
+                 **kwargs):
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.use_logits_bias = use_logits_bias
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self.logits_bias = None
+        if self.use_logits_bias:
+            self.logits_bias = self.add_weight(
+                shape=(self.input_dim,), name="logits_bias",
+                initializer="zeros",
+            )
+
+    @property
+    def variable_serialization_spec(self):
+        # Embedding saves the variables its spec names; add the bias.
+        spec = super().variable_serialization_spec
+        if not self.use_logits_bias:
+            return spec
+        return {mode: list(names) + ["logits_bias"]
+                for mode, names in spec.items()}
+
+    def call(self, inputs, reverse=False):
+        if not reverse:
+            return super().call(inputs)
+        embeddings = ops.cast(self.embeddings, inputs.dtype)
+        logits = ops.matmul(inputs, ops.transpose(embeddings))
+        if self.logits_bias is not None:
+            logits = logits + ops.cast(self.logits_bias, logits.dtype)
+        return logits
+
+    def compute_output_spec(self, inputs, reverse=False):
+        if not reverse:
+            return super().compute_output_spec(inputs)
+        return keras.KerasTensor(tuple(inputs.shape[:-1]) + (self.input_dim,),
+                                 dtype=self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config["use_logits_bias"] = self.use_logits_bias
+        return config

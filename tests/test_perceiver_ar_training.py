@@ -1,0 +1,102 @@
+"""Perceiver AR training metrics: bits per token (byte) and perplexity,
+against NumPy."""
+
+import keras
+import numpy as np
+
+from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
+    PerceiverARBackbone,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm import (
+    PerceiverARCausalLM,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor import (  # noqa: E501
+    PerceiverARCausalLMPreprocessor,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_metrics import (
+    BitsPerToken,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_metrics import (
+    Perplexity,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_tokenizer import (
+    PerceiverARTokenizer,
+)
+
+
+def numpy_nats(logits, targets):
+    logits = logits.astype("float64")
+    logits = logits - logits.max(-1, keepdims=True)
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    return -np.take_along_axis(log_probs, targets[..., None], -1)[..., 0]
+
+
+def test_bits_and_perplexity_are_weighted_cross_entropy():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (2, 3, 7)).astype("float32")
+    targets = rng.integers(0, 7, (2, 3))
+    weights = np.array([[1, 1, 0], [0, 1, 1]], "float32")
+    nats = numpy_nats(logits, targets)
+    mean = (nats * weights).sum() / weights.sum()
+    bits, perplexity = BitsPerToken(), Perplexity()
+    for metric in (bits, perplexity):
+        # two updates: the mean runs over every weighted token seen
+        metric.update_state(targets[:1], logits[:1], weights[:1])
+        metric.update_state(targets[1:], logits[1:], weights[1:])
+    np.testing.assert_allclose(float(bits.result()), mean / np.log(2),
+                               rtol=1e-5)
+    np.testing.assert_allclose(float(perplexity.result()), np.exp(mean),
+                               rtol=1e-5)
+    assert BitsPerToken.from_config(bits.get_config()).from_logits
+
+
+def test_evaluate_reports_bits_per_byte_of_the_latent_positions():
+    keras.utils.set_random_seed(0)
+    backbone = PerceiverARBackbone(vocabulary_size=262, hidden_dim=8,
+                                   num_layers=1, num_heads=2,
+                                   max_sequence_length=12, max_latents=4)
+    preprocessor = PerceiverARCausalLMPreprocessor(
+        PerceiverARTokenizer(), sequence_length=10, num_latents=4)
+    lm = PerceiverARCausalLM(backbone, preprocessor=preprocessor)
+    texts = ["hello world, hello", "a"]
+    result = lm.evaluate(texts, batch_size=2, verbose=0, return_dict=True)
+    x, y, w = preprocessor(texts)
+    nats = numpy_nats(keras.ops.convert_to_numpy(lm(x)), y)
+    mean = (nats * w).sum() / w.sum()  # "a" has padded latent positions
+    assert w.sum() < w.size
+    np.testing.assert_allclose(result["bits_per_token"], mean / np.log(2),
+                               rtol=1e-5)
+    np.testing.assert_allclose(result["perplexity"], np.exp(mean), rtol=1e-5)
+
+
+def test_prefix_dropout_keeps_an_ordered_subset_of_the_prefix():
+    """With no positions at all (no rotary, no position table) a row with
+    prefix dropout computes exactly what the model computes on that row
+    with the dropped prefix tokens removed; one of the C(4, 2) subsets."""
+    from itertools import combinations
+
+    config = dict(vocabulary_size=40, hidden_dim=8, num_layers=1,
+                  num_heads=2, max_sequence_length=8, max_latents=2,
+                  position_embedding=None, rotary_fraction=0.0)
+    keras.utils.set_random_seed(0)
+    dropped = PerceiverARBackbone(**config, prefix_dropout=0.5)
+    plain = PerceiverARBackbone(**config)
+    plain.set_weights(dropped.get_weights()[:len(plain.weights)])
+    ids = np.random.default_rng(0).integers(1, 40, (3, 6)).astype("int32")
+    out = keras.ops.convert_to_numpy(dropped(
+        {"token_ids": ids, "padding_mask": np.ones((3, 6), bool)},
+        training=True))
+    for row in range(3):
+        matches = []
+        for kept in combinations(range(4), 2):
+            sub = ids[row:row + 1, list(kept) + [4, 5]]
+            expected = keras.ops.convert_to_numpy(plain(
+                {"token_ids": sub, "padding_mask": np.ones((1, 4), bool)}))
+            if np.abs(expected[0] - out[row]).max() < 1e-5:
+                matches.append(kept)
+        assert len(matches) == 1, (row, matches)
+    # Evaluation and prediction see the whole prefix.
+    full = {"token_ids": ids, "padding_mask": np.ones((3, 6), bool)}
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(dropped(full)),
+        keras.ops.convert_to_numpy(plain(full)), atol=1e-6)
