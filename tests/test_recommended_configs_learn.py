@@ -93,13 +93,13 @@ TASKS = {
 }
 # Known gaps, kept visible. Image: the default reaches 0.68-0.75 after 12
 # epochs against the pixel baseline's 0.94 (still rising: a budget of
-# seconds is not enough), so it is not run. Sequence and text reach the
-# baseline within the margin on JAX (0.895 vs 0.941, 0.605 vs 0.617) and
-# PyTorch (0.902, 0.617) but
-# not on TensorFlow's initialisation (0.832, 0.555): still rising after
-# 8 / 12 epochs. They run, and report XPASS where they reach it.
-NOT_RUN = {"image"}
-SHORT = {"sequence", "text"}
+# seconds is not enough). Sequence and text reach the baseline within the
+# margin on JAX (0.895 vs 0.941, 0.605 vs 0.617) and PyTorch (0.902, 0.617)
+# but not on TensorFlow's initialisation (0.832, 0.555): still rising after
+# 8 / 12 epochs. Only the kinds that reach it everywhere are asserted in the
+# suite; `python tests/test_recommended_configs_learn.py` measures them all
+# (the README table).
+ASSERTED = ["point_set"]
 
 
 def baseline_accuracy(features, x_train, y_train, x_test, y_test):
@@ -108,16 +108,14 @@ def baseline_accuracy(features, x_train, y_train, x_test, y_test):
     return model.score(features(x_test), y_test)
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param(kind, marks=pytest.mark.xfail(
-        reason=f"{kind}: below the baseline in this budget on some backends",
-        strict=False,
-    )) if kind in SHORT else kind
-    for kind in sorted(TASKS)
-])
+@pytest.mark.parametrize("kind", ASSERTED)
 def test_recommended_config_reaches_the_baseline(kind):
-    if kind in NOT_RUN:
-        pytest.xfail(f"{kind}: below the baseline in this budget (NOT_RUN)")
+    accuracy, baseline = measure(kind)
+    assert accuracy >= baseline - MARGIN, (kind, accuracy, baseline)
+
+
+def measure(kind):
+    """Held-out accuracy of the recommended config and of the baseline."""
     data, features, shape, epochs = TASKS[kind]
     x, y = data(NUM_TRAIN + NUM_TEST, np.random.default_rng(0))
     x_train, y_train = x[:NUM_TRAIN], y[:NUM_TRAIN]
@@ -129,4 +127,9 @@ def test_recommended_config_reaches_the_baseline(kind):
     classifier.fit(x_train, y_train, epochs=epochs, batch_size=32, verbose=0)
     accuracy = classifier.evaluate(x_test, y_test, verbose=0)[1]
     print(f"{kind}: ours {accuracy:.3f}, baseline {baseline:.3f}")
-    assert accuracy >= baseline - MARGIN, (kind, accuracy, baseline)
+    return accuracy, baseline
+
+
+if __name__ == "__main__":
+    for name in sorted(TASKS):
+        measure(name)
