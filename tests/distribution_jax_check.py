@@ -171,7 +171,7 @@ def train(make, initial_weights, data, distribution):
     # Copies: on CPU, JAX may adopt a NumPy buffer without copying, and fit
     # donates the variables' buffers, which would overwrite `initial_weights`.
     model.set_weights([np.array(w) for w in initial_weights])
-    model.compile(optimizer=keras.optimizers.SGD(0.1))
+    model.compile(optimizer=keras.optimizers.SGD(0.05))
     steps = StepLosses()
     # PerceiverTask.fit hands Keras its batches without `shuffle=False`, so
     # Keras draws the batch order: the same seed gives every run the same.

@@ -57,7 +57,7 @@ def train(make, initial_weights, data, strategy):
     with strategy.scope():
         model = make()
         model.set_weights(initial_weights)
-        model.compile(optimizer=keras.optimizers.SGD(0.1))
+        model.compile(optimizer=keras.optimizers.SGD(0.05))
     steps = StepLosses()
     keras.utils.set_random_seed(1)  # the batch order Keras draws
     model.fit(**data, batch_size=16, epochs=2, shuffle=False, verbose=0,
