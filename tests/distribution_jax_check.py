@@ -44,7 +44,8 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_tokenizer import (  # noqa
 BACKBONES = {
     "perceiver_io": lambda: PerceiverBackbone(
         (12,), PerceiverTokenAdapter(vocabulary_size=262, hidden_dim=16,
-                                     max_sequence_length=12),
+                                     max_sequence_length=12,
+                                     name="input_adapter"),
         num_latents=4, latent_dim=16, num_self_attends_per_block=1,
         num_self_attend_heads=4, cross_attention_qk_channels=6,
         cross_attention_v_channels=6,
