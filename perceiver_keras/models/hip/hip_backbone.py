@@ -19,6 +19,13 @@ from perceiver_keras.models.hip import hip_presets
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import as_array_like
 from perceiver_keras.models.input_validation import dtype_kind
+from perceiver_keras.models.layout_map import perceiver_layout_map
+
+# The blocks split by `get_layout_map`: every attention block of the stack
+# and the reconstruction head.
+HIP_BLOCKS = (
+    r"block_\d+/(cross_attention|self_attention_\d+)|reconstruction_head"
+)
 
 PER_BLOCK_ARGS = (
     "num_groups",
@@ -450,6 +457,43 @@ class HiPBackbone(ValidatedInputsMixin, Backbone):
 
     def validate_inputs(self, inputs):
         return validate_modalities(self.modalities, inputs, "HiP")
+
+    @staticmethod
+    def get_layout_map(
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+    ):
+        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
+
+        Every block's cross- and self-attention layers and the
+        reconstruction head are split by head and MLP unit, the blocks'
+        latent arrays and the modalities' position encodings by channel.
+
+        Weights are replicated along `data_parallel_dim_name`. The model
+        axis size must divide the split widths. See
+        `perceiver_keras.models.layout_map`.
+
+        Example (JAX):
+        ```python
+        mesh = keras.distribution.DeviceMesh(
+            (2, 4), ("batch", "model"), keras.distribution.list_devices())
+        distribution = keras.distribution.ModelParallel(
+            layout_map=HiPBackbone.get_layout_map(mesh),
+            batch_dim_name="batch",
+        )
+        with distribution.scope():
+            model = ...  # build or load, compile, fit as usual
+        ```
+        """
+        return perceiver_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
+            attention_blocks=HIP_BLOCKS,
+            mlp_blocks=HIP_BLOCKS,
+            channel_sharded=(
+                r"block_\d+/latents", r"embedding_[^/]+/position_encoding",
+            ),
+        )
 
     def get_config(self):
         config = super().get_config()

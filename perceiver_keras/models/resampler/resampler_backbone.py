@@ -11,6 +11,7 @@ from perceiver_keras.models.input_validation import validate_backbone_inputs
 from perceiver_keras.models.resampler.resampler_presets import (
     builtin_backbone_config,
 )
+from perceiver_keras.models.layout_map import perceiver_layout_map
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -161,6 +162,42 @@ class PerceiverResamplerBackbone(ValidatedInputsMixin, Backbone):
         if config is not None:
             return cls(**{**config, **kwargs})
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
+
+    @staticmethod
+    def get_layout_map(
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+    ):
+        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
+
+        Each resampler block's attention is split by head, its MLP by
+        unit; the latent array and the input projection by channel.
+
+        Weights are replicated along `data_parallel_dim_name`. The model
+        axis size must divide the split widths. See
+        `perceiver_keras.models.layout_map`.
+
+        Example (JAX):
+        ```python
+        mesh = keras.distribution.DeviceMesh(
+            (2, 4), ("batch", "model"), keras.distribution.list_devices())
+        distribution = keras.distribution.ModelParallel(
+            layout_map=PerceiverResamplerBackbone.get_layout_map(mesh),
+            batch_dim_name="batch",
+        )
+        with distribution.scope():
+            model = ...  # build or load, compile, fit as usual
+        ```
+        """
+        return perceiver_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
+            attention_blocks=r"resampler/block_\d+",
+            mlp_blocks=r"resampler/block_\d+",
+            channel_sharded=(
+                "resampler/latents", "input_projection/kernel",
+            ),
+        )
 
     def get_config(self):
         config = super().get_config()
