@@ -44,6 +44,25 @@ def test_fit_validation_split_holds_out_the_last_samples(classifier):
     assert_close(history.history["val_accuracy"][-1], accuracy)
 
 
+def test_fit_shuffle_false_keeps_the_batch_order(classifier, monkeypatch):
+    """`shuffle=False` reads the batches in order (Keras used to shuffle
+    the batch order of the internal PyDataset again)."""
+    from perceiver_keras.models import perceiver_task
+
+    order = []
+    read = perceiver_task._ArrayBatches.__getitem__
+    monkeypatch.setattr(perceiver_task._ArrayBatches, "__getitem__",
+                        lambda self, i: order.append(i) or read(self, i))
+    x = rng.normal(size=(16, 5, 3)).astype("float32")
+    y = rng.integers(0, 3, 16)
+    for seed in (1, 2, 3):
+        keras.utils.set_random_seed(seed)
+        order.clear()
+        classifier.fit(x, y, epochs=1, batch_size=4, shuffle=False,
+                       verbose=0)
+        assert order[-4:] == [0, 1, 2, 3], order
+
+
 @pytest.mark.parametrize("split", [0.95, 1.0, -0.5])  # 0.95: no training sample
 def test_fit_validation_split_out_of_range(classifier, split):
     x = rng.normal(size=(8, 5, 3)).astype("float32")

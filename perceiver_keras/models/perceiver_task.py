@@ -312,8 +312,12 @@ class PerceiverTask(ExportMixin, ValidatedInputsMixin, Task):
             validation_data = self._as_batches(
                 validation_data, None, None, None, False
             )
+        # Arrays are shuffled (or not) by `_ArrayBatches` itself; Keras
+        # would shuffle its batch order again, even with `shuffle=False`.
+        user_dataset = isinstance(x, keras.utils.PyDataset)
         return keras.Model.fit(
-            self, batches, validation_data=validation_data, **kwargs
+            self, batches, validation_data=validation_data,
+            shuffle=shuffle if user_dataset else False, **kwargs
         )
 
     def _split_validation(self, x, y, sample_weight, validation_split,
