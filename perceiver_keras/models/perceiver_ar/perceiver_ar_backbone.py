@@ -166,6 +166,44 @@ class PerceiverARBackbone(Backbone):
                 p, load_weights=load_weights, **kwargs),
         )
 
+    @staticmethod
+    def get_layout_map(
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+    ):
+        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
+
+        The cross- and self-attention layers are split by head and MLP
+        unit, the token/position embeddings by channel, the untied logits
+        kernel by input unit.
+
+        Weights are replicated along `data_parallel_dim_name`. The model
+        axis size must divide the split widths. See
+        `perceiver_keras.models.layout_map`.
+
+        Example (JAX):
+        ```python
+        mesh = keras.distribution.DeviceMesh(
+            (2, 4), ("batch", "model"), keras.distribution.list_devices())
+        distribution = keras.distribution.ModelParallel(
+            layout_map=PerceiverARBackbone.get_layout_map(mesh),
+            batch_dim_name="batch",
+        )
+        with distribution.scope():
+            model = ...  # build or load, compile, fit as usual
+        ```
+        """
+        return perceiver_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
+            attention_blocks=r"(cross|self)_attention_\d+",
+            mlp_blocks=r"(cross|self)_attention_\d+",
+            channel_sharded=(
+                "token_embedding/embeddings", "position_embedding/embeddings",
+            ),
+            input_sharded=("logits/kernel",),
+        )
+
     def get_config(self):
         config = super().get_config()
         config.update(self.stack.arguments())
@@ -605,44 +643,6 @@ class PerceiverARStack(keras.layers.Layer):
         # Keras passes no shape for NumPy inputs.
         batch = input_shape["token_ids"][0] if input_shape else None
         return (batch, None, self.hidden_dim)
-
-    @staticmethod
-    def get_layout_map(
-        device_mesh,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
-    ):
-        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
-
-        The cross- and self-attention layers are split by head and MLP
-        unit, the token/position embeddings by channel, the untied logits
-        kernel by input unit.
-
-        Weights are replicated along `data_parallel_dim_name`. The model
-        axis size must divide the split widths. See
-        `perceiver_keras.models.layout_map`.
-
-        Example (JAX):
-        ```python
-        mesh = keras.distribution.DeviceMesh(
-            (2, 4), ("batch", "model"), keras.distribution.list_devices())
-        distribution = keras.distribution.ModelParallel(
-            layout_map=PerceiverARBackbone.get_layout_map(mesh),
-            batch_dim_name="batch",
-        )
-        with distribution.scope():
-            model = ...  # build or load, compile, fit as usual
-        ```
-        """
-        return perceiver_layout_map(
-            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
-            attention_blocks=r"(cross|self)_attention_\d+",
-            mlp_blocks=r"(cross|self)_attention_\d+",
-            channel_sharded=(
-                "token_embedding/embeddings", "position_embedding/embeddings",
-            ),
-            input_sharded=("logits/kernel",),
-        )
 
     def get_config(self):
         config = super().get_config()
