@@ -15,10 +15,10 @@ import json
 import os
 
 import keras
-import keras_hub
 import numpy as np
 import pytest
 
+from harness import PassThroughPreprocessor
 from harness import hub
 from harness import init_kwargs_of
 from perceiver_keras import PerceiverArrayAdapter
@@ -48,15 +48,6 @@ LATENTS = dict(num_latents=4, latent_dim=8, num_self_attends_per_block=1,
 def fixture_config(kind):
     with open(os.path.join(FIXTURES, f"{kind}-public", "config.json")) as f:
         return json.load(f)["deepmind_config"]
-
-
-@keras.saving.register_keras_serializable(package="perceiver_keras_tests")
-class PassThroughPreprocessor(keras_hub.models.Preprocessor):
-    """For tasks without a preprocessor of their own: keras-hub's
-    `run_task_test` needs one; this one hands the data through unchanged."""
-
-    def call(self, x, y=None, sample_weight=None):
-        return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
 
 # --- backbones, one per input kind ------------------------------------
