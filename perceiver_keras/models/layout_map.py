@@ -91,3 +91,41 @@ def perceiver_layout_map(
     for pattern in input_sharded:
         layout_map[pattern] = axes(_INPUT_UNITS)
     return layout_map
+
+
+class LayoutMapMixin:
+    """keras-hub's `get_layout_map` for a backbone that declares its
+    sharded layers as `layout_rules` (keyword arguments of
+    `perceiver_layout_map`)."""
+
+    layout_rules = None
+
+    @classmethod
+    def get_layout_map(
+        cls,
+        device_mesh,
+        model_parallel_dim_name="model",
+        data_parallel_dim_name="batch",
+    ):
+        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
+
+        Attention projections are split by head and MLPs by hidden unit
+        along `model_parallel_dim_name`, latent arrays and embeddings by
+        channel (which layers: the class's `layout_rules`); weights are
+        replicated along `data_parallel_dim_name`. The model axis size must
+        divide the split widths. See `perceiver_keras.models.layout_map`.
+
+        Example (JAX):
+        ```python
+        mesh = keras.distribution.DeviceMesh(
+            (2, 4), ("batch", "model"), keras.distribution.list_devices())
+        distribution = keras.distribution.ModelParallel(
+            layout_map=Backbone.get_layout_map(mesh), batch_dim_name="batch")
+        with distribution.scope():
+            model = ...  # build or load, compile, fit as usual
+        ```
+        """
+        return perceiver_layout_map(
+            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
+            **cls.layout_rules,
+        )

@@ -19,7 +19,7 @@ from perceiver_keras.models.hip import hip_presets
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import as_array_like
 from perceiver_keras.models.input_validation import dtype_kind
-from perceiver_keras.models.layout_map import perceiver_layout_map
+from perceiver_keras.models.layout_map import LayoutMapMixin
 
 # The blocks split by `get_layout_map`: every attention block of the stack
 # and the reconstruction head.
@@ -107,7 +107,7 @@ def validate_modalities(modalities, inputs, model_name):
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class HiPBackbone(ValidatedInputsMixin, Backbone):
+class HiPBackbone(ValidatedInputsMixin, LayoutMapMixin, Backbone):
     """Hierarchical Perceiver: grouped blocks, a U-Net over groups.
 
     The modalities (each `[B, M_m, C_m]`) are embedded to
@@ -157,6 +157,15 @@ class HiPBackbone(ValidatedInputsMixin, Backbone):
     DeepMind's `latents` output) for the non-label modalities, and
     `block_<i>` `[B, G_i, N_i, C_i]` for every block.
     """
+
+    # Sharded for ModelParallel (models/layout_map.py).
+    layout_rules = dict(
+        attention_blocks=HIP_BLOCKS,
+        mlp_blocks=HIP_BLOCKS,
+        channel_sharded=(
+            r"block_\d+/latents", r"embedding_[^/]+/position_encoding",
+        ),
+    )
 
     def __init__(
         self,
@@ -457,43 +466,6 @@ class HiPBackbone(ValidatedInputsMixin, Backbone):
 
     def validate_inputs(self, inputs):
         return validate_modalities(self.modalities, inputs, "HiP")
-
-    @staticmethod
-    def get_layout_map(
-        device_mesh,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
-    ):
-        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
-
-        Every block's cross- and self-attention layers and the
-        reconstruction head are split by head and MLP unit, the blocks'
-        latent arrays and the modalities' position encodings by channel.
-
-        Weights are replicated along `data_parallel_dim_name`. The model
-        axis size must divide the split widths. See
-        `perceiver_keras.models.layout_map`.
-
-        Example (JAX):
-        ```python
-        mesh = keras.distribution.DeviceMesh(
-            (2, 4), ("batch", "model"), keras.distribution.list_devices())
-        distribution = keras.distribution.ModelParallel(
-            layout_map=HiPBackbone.get_layout_map(mesh),
-            batch_dim_name="batch",
-        )
-        with distribution.scope():
-            model = ...  # build or load, compile, fit as usual
-        ```
-        """
-        return perceiver_layout_map(
-            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
-            attention_blocks=HIP_BLOCKS,
-            mlp_blocks=HIP_BLOCKS,
-            channel_sharded=(
-                r"block_\d+/latents", r"embedding_[^/]+/position_encoding",
-            ),
-        )
 
     def get_config(self):
         config = super().get_config()

@@ -48,7 +48,7 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     activation_fn,
 )
-from perceiver_keras.models.layout_map import perceiver_layout_map
+from perceiver_keras.models.layout_map import LayoutMapMixin
 
 MASK_RULES = ("deepmind", "krasserm")
 LATENT_QUERIES = ("identity", "linear", "mlp", "learned")
@@ -113,7 +113,7 @@ def gather_rows(x, indices):
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverARBackbone(Backbone):
+class PerceiverARBackbone(LayoutMapMixin, Backbone):
     """Perceiver AR: causal latents over a long context.
 
     A functional keras-hub backbone: inputs `token_ids` and `padding_mask`
@@ -129,6 +129,16 @@ class PerceiverARBackbone(Backbone):
         max_sequence_length, max_latents: see `PerceiverARStack`.
         **options: every other `PerceiverARStack` argument (listed there).
     """
+
+    # Sharded for ModelParallel (models/layout_map.py).
+    layout_rules = dict(
+        attention_blocks=r"(cross|self)_attention_\d+",
+        mlp_blocks=r"(cross|self)_attention_\d+",
+        channel_sharded=(
+            "token_embedding/embeddings", "position_embedding/embeddings",
+        ),
+        input_sharded=("logits/kernel",),
+    )
 
     def __init__(self, vocabulary_size, hidden_dim, num_layers, num_heads,
                  max_sequence_length, max_latents, dtype=None, name=None,
@@ -164,44 +174,6 @@ class PerceiverARBackbone(Backbone):
             cls, preset, load_weights, kwargs,
             lambda p: super(PerceiverARBackbone, cls).from_preset(
                 p, load_weights=load_weights, **kwargs),
-        )
-
-    @staticmethod
-    def get_layout_map(
-        device_mesh,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
-    ):
-        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
-
-        The cross- and self-attention layers are split by head and MLP
-        unit, the token/position embeddings by channel, the untied logits
-        kernel by input unit.
-
-        Weights are replicated along `data_parallel_dim_name`. The model
-        axis size must divide the split widths. See
-        `perceiver_keras.models.layout_map`.
-
-        Example (JAX):
-        ```python
-        mesh = keras.distribution.DeviceMesh(
-            (2, 4), ("batch", "model"), keras.distribution.list_devices())
-        distribution = keras.distribution.ModelParallel(
-            layout_map=PerceiverARBackbone.get_layout_map(mesh),
-            batch_dim_name="batch",
-        )
-        with distribution.scope():
-            model = ...  # build or load, compile, fit as usual
-        ```
-        """
-        return perceiver_layout_map(
-            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
-            attention_blocks=r"(cross|self)_attention_\d+",
-            mlp_blocks=r"(cross|self)_attention_\d+",
-            channel_sharded=(
-                "token_embedding/embeddings", "position_embedding/embeddings",
-            ),
-            input_sharded=("logits/kernel",),
         )
 
     def get_config(self):

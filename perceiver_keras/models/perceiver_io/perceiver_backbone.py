@@ -16,7 +16,7 @@ from perceiver_keras.models.attention_maps import attention_names_from
 from perceiver_keras.models.attention_maps import compute_attention_maps
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import validate_backbone_inputs
-from perceiver_keras.models.layout_map import perceiver_layout_map
+from perceiver_keras.models.layout_map import LayoutMapMixin
 
 
 def attention_schedule(cross_attends, self_attends, num_blocks,
@@ -34,7 +34,7 @@ def attention_schedule(cross_attends, self_attends, num_blocks,
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverBackbone(ValidatedInputsMixin, Backbone):
+class PerceiverBackbone(ValidatedInputsMixin, LayoutMapMixin, Backbone):
     """Latents cross-attend to the input, then a shared self-attention stack.
 
     The input goes through `input_adapter` (positions, convolution, patches
@@ -82,6 +82,16 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
     `padding_mask` (bool, over the input positions) is optional. Returns the
     latents `[B, num_latents, latent_dim]`.
     """
+
+    # Sharded for ModelParallel (models/layout_map.py).
+    layout_rules = dict(
+        attention_blocks=r"self_attend_\d+",
+        mlp_blocks=r"(cross|self)_attend_\d+",
+        channel_sharded=(
+            "latents/embeddings",
+            r".+/(token|position)_embedding/embeddings",
+        ),
+    )
 
     def __init__(
         self,
@@ -333,46 +343,6 @@ class PerceiverBackbone(ValidatedInputsMixin, Backbone):
             cls, preset, load_weights, kwargs,
             lambda p: super(PerceiverBackbone, cls).from_preset(
                 p, load_weights=load_weights, **kwargs
-            ),
-        )
-
-    @staticmethod
-    def get_layout_map(
-        device_mesh,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
-    ):
-        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
-
-        The latent self-attention stack is split by head and MLP unit, the
-        latent array and token/position embeddings by channel; the encoder
-        cross-attention's projections (usually one head as wide as the
-        input, e.g. 261 Fourier-feature channels) and the task heads are
-        replicated.
-
-        Weights are replicated along `data_parallel_dim_name`. The model
-        axis size must divide the split widths. See
-        `perceiver_keras.models.layout_map`.
-
-        Example (JAX):
-        ```python
-        mesh = keras.distribution.DeviceMesh(
-            (2, 4), ("batch", "model"), keras.distribution.list_devices())
-        distribution = keras.distribution.ModelParallel(
-            layout_map=PerceiverBackbone.get_layout_map(mesh),
-            batch_dim_name="batch",
-        )
-        with distribution.scope():
-            model = ...  # build or load, compile, fit as usual
-        ```
-        """
-        return perceiver_layout_map(
-            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
-            attention_blocks=r"self_attend_\d+",
-            mlp_blocks=r"(cross|self)_attend_\d+",
-            channel_sharded=(
-                "latents/embeddings",
-                r".+/(token|position)_embedding/embeddings",
             ),
         )
 

@@ -11,11 +11,12 @@ from perceiver_keras.models.input_validation import validate_backbone_inputs
 from perceiver_keras.models.resampler.resampler_presets import (
     builtin_backbone_config,
 )
-from perceiver_keras.models.layout_map import perceiver_layout_map
+from perceiver_keras.models.layout_map import LayoutMapMixin
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverResamplerBackbone(ValidatedInputsMixin, Backbone):
+class PerceiverResamplerBackbone(ValidatedInputsMixin, LayoutMapMixin,
+                                 Backbone):
     """A `PerceiverResampler` over a set of `feature_dim`-wide features.
 
     Args:
@@ -36,6 +37,15 @@ class PerceiverResamplerBackbone(ValidatedInputsMixin, Backbone):
     just the features `[B, M, C]`; `padding_mask` `[B, M]` (True/1 = real
     feature) is optional. Returns the latents `[B, num_latents, D]`.
     """
+
+    # Sharded for ModelParallel (models/layout_map.py).
+    layout_rules = dict(
+        attention_blocks=r"resampler/block_\d+",
+        mlp_blocks=r"resampler/block_\d+",
+        channel_sharded=(
+            "resampler/latents", "input_projection/kernel",
+        ),
+    )
 
     def __init__(
         self,
@@ -162,42 +172,6 @@ class PerceiverResamplerBackbone(ValidatedInputsMixin, Backbone):
         if config is not None:
             return cls(**{**config, **kwargs})
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
-
-    @staticmethod
-    def get_layout_map(
-        device_mesh,
-        model_parallel_dim_name="model",
-        data_parallel_dim_name="batch",
-    ):
-        """A `keras.distribution.LayoutMap` for `ModelParallel` training.
-
-        Each resampler block's attention is split by head, its MLP by
-        unit; the latent array and the input projection by channel.
-
-        Weights are replicated along `data_parallel_dim_name`. The model
-        axis size must divide the split widths. See
-        `perceiver_keras.models.layout_map`.
-
-        Example (JAX):
-        ```python
-        mesh = keras.distribution.DeviceMesh(
-            (2, 4), ("batch", "model"), keras.distribution.list_devices())
-        distribution = keras.distribution.ModelParallel(
-            layout_map=PerceiverResamplerBackbone.get_layout_map(mesh),
-            batch_dim_name="batch",
-        )
-        with distribution.scope():
-            model = ...  # build or load, compile, fit as usual
-        ```
-        """
-        return perceiver_layout_map(
-            device_mesh, model_parallel_dim_name, data_parallel_dim_name,
-            attention_blocks=r"resampler/block_\d+",
-            mlp_blocks=r"resampler/block_\d+",
-            channel_sharded=(
-                "resampler/latents", "input_projection/kernel",
-            ),
-        )
 
     def get_config(self):
         config = super().get_config()
