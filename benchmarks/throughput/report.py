@@ -124,30 +124,37 @@ def inference_table(specs, all_results, limit):
         spec = specs[name]
         if spec["kind"] != "inference":
             continue
-        table = rows_by_key(results, "batch")
-        for dtype in dtypes_of(spec):
-            for batch in spec["batches"]:
-                flops = batch * forward_flops(spec)
-                key = (batch, dtype)
-                reference_row = table.get("transformers", {}).get(key)
-                for framework, rows in table.items():
-                    row = rows.get(key)
-                    if row is None:
-                        continue
-                    float32_row = (rows.get((batch, FLOAT32))
-                                   if dtype != FLOAT32 else None)
-                    diff, verdict = agreement_cell(row, framework)
-                    lines.append("| " + " | ".join([
-                        name, str(batch), dtype, framework,
-                        execution_cell(framework, row),
-                        fmt(row["load_s"], 1),
-                        *speed_cells(row, flops, limit, reference_row,
-                                     float32_row),
-                        fmt(row["peak_rss"] / MIB, 0), diff, verdict,
-                        fmt(row["load"], 1),
-                    ]) + " |")
+        for batch, dtype, framework, row, reference_row, float32_row in (
+                measured_rows(spec, results)):
+            flops = batch * forward_flops(spec)
+            diff, verdict = agreement_cell(row, framework)
+            lines.append("| " + " | ".join([
+                name, str(batch), dtype, framework,
+                execution_cell(framework, row),
+                fmt(row["load_s"], 1),
+                *speed_cells(row, flops, limit, reference_row, float32_row),
+                fmt(row["peak_rss"] / MIB, 0), diff, verdict,
+                fmt(row["load"], 1),
+            ]) + " |")
         lines += error_rows(results, 17)
     return "\n".join(lines)
+
+
+def measured_rows(spec, results):
+    """`(batch, dtype, framework, row, transformers' row, the framework's
+    float32 row or None)` for every measured row of a workload, in table
+    order."""
+    table = rows_by_key(results, "batch")
+    for dtype in dtypes_of(spec):
+        for batch in spec["batches"]:
+            reference_row = table.get("transformers", {}).get((batch, dtype))
+            for framework, rows in table.items():
+                row = rows.get((batch, dtype))
+                if row is None:
+                    continue
+                float32_row = (rows.get((batch, FLOAT32))
+                               if dtype != FLOAT32 else None)
+                yield batch, dtype, framework, row, reference_row, float32_row
 
 
 def training_table(specs, all_results, limit):
@@ -163,29 +170,19 @@ def training_table(specs, all_results, limit):
         spec = specs[name]
         if spec["kind"] != "training":
             continue
-        table = rows_by_key(results, "batch")
-        for dtype in dtypes_of(spec):
-            for batch in spec["batches"]:
-                flops = training_step_flops(spec, batch)
-                key = (batch, dtype)
-                reference_row = table.get("transformers", {}).get(key)
-                for framework, rows in table.items():
-                    row = rows.get(key)
-                    if row is None:
-                        continue
-                    float32_row = (rows.get((batch, FLOAT32))
-                                   if dtype != FLOAT32 else None)
-                    diff, verdict = agreement_cell(row, framework)
-                    lines.append("| " + " | ".join([
-                        name, str(batch), dtype, framework,
-                        execution_cell(framework, row),
-                        *speed_cells(row, flops, limit, reference_row,
-                                     float32_row),
-                        fmt(row["peak_rss"] / MIB, 0),
-                        fmt(row["first_loss"], 5), diff, verdict,
-                        f"{row['last_loss']:.5f} ({row['steps']} steps)",
-                        fmt(row["load"], 1),
-                    ]) + " |")
+        for batch, dtype, framework, row, reference_row, float32_row in (
+                measured_rows(spec, results)):
+            flops = training_step_flops(spec, batch)
+            diff, verdict = agreement_cell(row, framework)
+            lines.append("| " + " | ".join([
+                name, str(batch), dtype, framework,
+                execution_cell(framework, row),
+                *speed_cells(row, flops, limit, reference_row, float32_row),
+                fmt(row["peak_rss"] / MIB, 0),
+                fmt(row["first_loss"], 5), diff, verdict,
+                f"{row['last_loss']:.5f} ({row['steps']} steps)",
+                fmt(row["load"], 1),
+            ]) + " |")
         lines += error_rows(results, 18)
     return "\n".join(lines)
 
