@@ -133,30 +133,40 @@ def keras_config(task):
 
 
 def _build_offline(cls, name, kwargs):
-    """Builds the model of a built-in preset, randomly initialised."""
+    """Builds the model of a built-in preset, randomly initialised, once:
+    constructor overrides (`kwargs`) go into the config before it is built,
+    and only the backbone is built when the task is not the preset's."""
     # A copy: deserializing replaces nested configs with objects in place.
-    task = keras.saving.deserialize_keras_object(
-        copy.deepcopy(builtin_preset(name)["keras_config"])
-    )
-    model = task.backbone if issubclass(cls, Backbone) else task
-    backbone_cls = getattr(cls, "backbone_cls", None)
-    if not isinstance(model, cls) and backbone_cls is not None and (
-        isinstance(task.backbone, backbone_cls)
-    ):
+    task_config = copy.deepcopy(builtin_preset(name)["keras_config"])
+    backbone_config = task_config["config"]["backbone"]
+    task_cls = keras.saving.get_registered_object(
+        task_config["registered_name"])
+    backbone_cls = keras.saving.get_registered_object(
+        backbone_config["registered_name"])
+
+    if issubclass(cls, Backbone):
+        if not issubclass(backbone_cls, cls):
+            raise ValueError(
+                f"Preset {name!r} has a {backbone_cls.__name__}; it cannot be "
+                f"loaded as a {cls.__name__}."
+            )
+        backbone_config["config"].update(kwargs)
+        return keras.saving.deserialize_keras_object(backbone_config)
+    if issubclass(task_cls, cls):
+        task_config["config"].update(kwargs)
+        return keras.saving.deserialize_keras_object(task_config)
+    if cls.backbone_cls is not None and issubclass(backbone_cls,
+                                                   cls.backbone_cls):
         # Another task on this preset's backbone (e.g. a text classifier on
         # the masked LM's encoder), as keras-hub builds it from a directory.
-        preprocessor_cls = getattr(cls, "preprocessor_cls", None)
-        if preprocessor_cls is not None and "preprocessor" not in kwargs:
-            kwargs = {**kwargs, "preprocessor": preprocessor_cls()}
-        return cls(backbone=task.backbone, **kwargs)
-    if not isinstance(model, cls):
-        raise ValueError(
-            f"Preset {name!r} is a {type(model).__name__}; it cannot be "
-            f"loaded as a {cls.__name__}."
-        )
-    if kwargs:  # e.g. `num_classes`: rebuild with the constructor overrides
-        model = type(model).from_config({**model.get_config(), **kwargs})
-    return model
+        if cls.preprocessor_cls is not None and "preprocessor" not in kwargs:
+            kwargs = {**kwargs, "preprocessor": cls.preprocessor_cls()}
+        backbone = keras.saving.deserialize_keras_object(backbone_config)
+        return cls(backbone=backbone, **kwargs)
+    raise ValueError(
+        f"Preset {name!r} is a {task_cls.__name__}; it cannot be loaded as a "
+        f"{cls.__name__}."
+    )
 
 
 def saved_task_class(cls, preset):
