@@ -8,6 +8,11 @@
 # and pytest temp directory under .test-logs/; its output is shown as it
 # runs, each line prefixed with [backend], and once all have ended the
 # full log of each failed backend and the last line of each passed one.
+#
+# Each backend's tests are spread over WORKERS_<backend> pytest-xdist
+# workers (whole files per worker, so module fixtures are built once): the
+# backends take very different times (torch ~1/3 of JAX), and one process
+# per backend would leave a core idle once the quick ones end.
 set -u
 python=$1 backends=$2
 shift 2
@@ -20,11 +25,19 @@ run() {  # run BACKEND: pytest on one backend, exit status to $logs/BACKEND.rc
   if [ "$1" = torch ] && [ "${PARALLEL:-1}" = 1 ]; then
     export OMP_NUM_THREADS=1
   fi
-  KERAS_BACKEND=$1 "$python" -m pytest -q --durations=15 "${@:2}" \
-    --basetemp="$logs/tmp-$1" tests
+  local workers=WORKERS_$1 spread=()
+  workers=${!workers:-1}
+  if [ "$workers" -gt 1 ] && "$python" -c "import xdist" 2>/dev/null; then
+    spread=(-n "$workers" --dist loadfile)
+  fi
+  KERAS_BACKEND=$1 "$python" -m pytest -q --durations=15 "${spread[@]}" \
+    "${@:2}" --basetemp="$logs/tmp-$1" tests
   echo $? > "$logs/$1.rc"
 }
 
+if [ "${PARALLEL:-1}" = 1 ]; then
+  : "${WORKERS_jax:=2}" "${WORKERS_tensorflow:=2}" "${WORKERS_torch:=1}"
+fi
 for backend in $backends; do
   if [ "${PARALLEL:-1}" = 1 ]; then
     run "$backend" "$@" 2>&1 | tee "$logs/$backend.log" \
