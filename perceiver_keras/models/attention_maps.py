@@ -83,8 +83,9 @@ def then(result, return_attention, fn):
 
 
 def inputs_model(model, layers):
-    """A functional model from `model`'s inputs to the first-call inputs of
-    `layers` (a tuple of its layers), cached; it runs only what they need."""
+    """A functional model from `model`'s inputs to `{layer name: inputs of
+    its first call}` for `layers` (a tuple of its layers), cached; it runs
+    only what they need."""
     models = model.__dict__.get("_attention_inputs_models")
     if models is None:
         models = {}  # Not tracked by Keras, as `_compiled`'s functions.
@@ -92,6 +93,6 @@ def inputs_model(model, layers):
     key = tuple(layer.name for layer in layers)
     if key not in models:
         models[key] = keras.Model(
-            model.input, [layer.input for layer in layers]
+            model.input, {layer.name: layer.input for layer in layers}
         )
     return models[key]
