@@ -499,7 +499,8 @@ class HiPBackbone(ValidatedInputsMixin, LayoutMapMixin, Backbone):
         zero padding included, as the model attends to it),
         `block_{i}/self_attention_{j}` (`[B, G_i, heads, N_i, N_i]`), and
         `reconstruction_head` (the inputs' position encodings read the
-        last block: `[B, G_0, 1, M_0, N_last]`)."""
+        last block: `[B, G_0, 1, M_0, N_last]`). The label modalities'
+        reconstruction head is not among them."""
         names = []
         for block in self.hip_blocks:
             names.append(f"{block.name}/cross_attention")
