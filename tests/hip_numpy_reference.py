@@ -24,6 +24,11 @@ def linear(x, p, name, bias=True):
     return y + p[f"{name}/b"] if bias else y
 
 
+# A dict while a test records: `attention` stores its softmax weights
+# `[..., heads, Q, K]` under the attention's Haiku name.
+RECORDED_WEIGHTS = None
+
+
 def attention(q_in, kv_in, p, name, heads):
     q = linear(q_in, p, f"{name}/query_linear")
     k = linear(kv_in, p, f"{name}/key_linear")
@@ -38,6 +43,8 @@ def attention(q_in, kv_in, p, name, heads):
     logits -= logits.max(-1, keepdims=True)
     w = np.exp(logits)
     w /= w.sum(-1, keepdims=True)
+    if RECORDED_WEIGHTS is not None:
+        RECORDED_WEIGHTS[name] = w
     out = np.swapaxes(w @ v, -2, -3)
     out = out.reshape(out.shape[:-2] + (-1,))
     return linear(out, p, f"{name}/attention_output_linear")

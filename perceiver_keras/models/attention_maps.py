@@ -26,10 +26,12 @@ def attention_names_from(layers, available):
     return names
 
 
-def compute_attention_maps(model, names, inputs, forward):
+def compute_attention_maps(model, names, inputs, forward, options=()):
     """`{name: NumPy weights}` of `forward(inputs, names)` on `model`.
 
-    `inputs` are the model's validated input dict (arrays or None).
+    `inputs` are the model's validated input dict (arrays or None);
+    `options`: what else `forward` depends on (hashable; one compiled
+    function per value).
     """
     inputs = {
         key: None if value is None else keras.ops.convert_to_tensor(value)
@@ -37,13 +39,13 @@ def compute_attention_maps(model, names, inputs, forward):
     }
     if keras.backend.backend() == "jax":
         values = [variable.value for variable in model.variables]
-        maps = _compiled(model, names, forward)(values, inputs)
+        maps = _compiled(model, (names, options), forward)(values, inputs)
     else:
         maps = forward(inputs, names)
     return {name: keras.ops.convert_to_numpy(maps[name]) for name in names}
 
 
-def _compiled(model, names, forward):
+def _compiled(model, key, forward):
     import jax
 
     functions = model.__dict__.get("_attention_maps_functions")
@@ -51,12 +53,46 @@ def _compiled(model, names, forward):
         # Not tracked by Keras: the functions hold no model state.
         functions = {}
         object.__setattr__(model, "_attention_maps_functions", functions)
-    if names not in functions:
+    if key not in functions:
         variables = model.variables
 
         def maps_of(values, inputs):
             with keras.StatelessScope(state_mapping=zip(variables, values)):
-                return forward(inputs, names)
+                return forward(inputs, key[0])
 
-        functions[names] = jax.jit(maps_of)
-    return functions[names]
+        functions[key] = jax.jit(maps_of)
+    return functions[key]
+
+
+def call_recording(layer, name, names, maps, *args, **kwargs):
+    """`layer(*args, **kwargs)`; when `name` is in `names`, calls it with
+    `return_attention=True` and stores its weights in `maps[name]`."""
+    if name not in names:
+        return layer(*args, **kwargs)
+    out, maps[name] = layer(*args, return_attention=True, **kwargs)
+    return out
+
+
+def then(result, return_attention, fn):
+    """`fn(output)` of a call that may return `(output, weights)`, keeping
+    the weights."""
+    if not return_attention:
+        return fn(result)
+    out, weights = result
+    return fn(out), weights
+
+
+def inputs_model(model, layers):
+    """A functional model from `model`'s inputs to `{layer name: inputs of
+    its first call}` for `layers` (a tuple of its layers), cached; it runs
+    only what they need."""
+    models = model.__dict__.get("_attention_inputs_models")
+    if models is None:
+        models = {}  # Not tracked by Keras, as `_compiled`'s functions.
+        object.__setattr__(model, "_attention_inputs_models", models)
+    key = tuple(layer.name for layer in layers)
+    if key not in models:
+        models[key] = keras.Model(
+            model.input, {layer.name: layer.input for layer in layers}
+        )
+    return models[key]

@@ -16,6 +16,9 @@ from perceiver_keras.models.hip.hip_layers import HiPReconstructionHead
 from perceiver_keras.models.hip.hip_layers import HiPRegroup
 from perceiver_keras.models.hip.hip_layers import HiPUngroup
 from perceiver_keras.models.hip import hip_presets
+from perceiver_keras.models.attention_maps import attention_names_from
+from perceiver_keras.models.attention_maps import compute_attention_maps
+from perceiver_keras.models.attention_maps import inputs_model
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
 from perceiver_keras.models.input_validation import as_array_like
 from perceiver_keras.models.input_validation import dtype_kind
@@ -487,3 +490,52 @@ class HiPBackbone(ValidatedInputsMixin, LayoutMapMixin, Backbone):
             }
         )
         return config
+
+    @property
+    def attention_layer_names(self):
+        """The attention layers in the order they run:
+        `block_{i}/cross_attention` (the block's latents read its groups:
+        weights `[B, G_i, cross heads, N_i, M_i]`, `M_i` the group's inputs,
+        zero padding included, as the model attends to it),
+        `block_{i}/self_attention_{j}` (`[B, G_i, heads, N_i, N_i]`), and
+        `reconstruction_head` (the inputs' position encodings read the
+        last block: `[B, G_0, 1, M_0, N_last]`). The label modalities'
+        reconstruction head is not among them."""
+        names = []
+        for block in self.hip_blocks:
+            names.append(f"{block.name}/cross_attention")
+            names.extend(f"{block.name}/{layer.name}"
+                         for layer in block.self_attentions)
+        return names + ["reconstruction_head"]
+
+    def attention_maps(self, inputs, layers=None):
+        """`{name: float32 NumPy weights}` of the layers asked for (see
+        `attention_layer_names`; None: all), the softmax weights used,
+        per group. Each block asked for runs once more on its inputs (the
+        backbone's layers up to it, computed once); layers not asked for
+        compute no weights. Outputs are unchanged (see
+        `perceiver_keras.models.attention_maps`)."""
+        names = attention_names_from(layers, self.attention_layer_names)
+        asked = {}  # layer -> its names asked for, without the block prefix
+        for name in names:
+            owner, _, inner = name.rpartition("/")
+            layer = self.get_layer(owner or name)
+            asked.setdefault(layer, []).append(inner)
+        layers = tuple(asked)
+
+        def forward(inputs, names):
+            arguments = inputs_model(self, layers)(inputs)
+            maps = {}
+            for layer in layers:
+                args = arguments[layer.name]
+                if layer is self.reconstruction_head:
+                    _, maps[layer.name] = layer(*args, return_attention=True)
+                    continue
+                args = args if isinstance(args, (list, tuple)) else [args]
+                _, inner = layer(*args, attention_names=asked[layer])
+                maps.update({f"{layer.name}/{k}": v for k, v in inner.items()})
+            return maps
+
+        return compute_attention_maps(
+            self, names, self.validate_inputs(inputs), forward
+        )

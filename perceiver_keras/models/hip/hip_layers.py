@@ -20,6 +20,8 @@ from keras import ops
 
 from perceiver_keras.layers.attention import PerceiverAttention
 from perceiver_keras.layers.utils import layer_norm
+from perceiver_keras.models.attention_maps import call_recording
+from perceiver_keras.models.attention_maps import then
 
 # Haiku's `VarianceScaling(1.0)`: fan-in, truncated normal.
 HAIKU_INIT = "variance_scaling"
@@ -332,6 +334,14 @@ def _unfold(x, groups):
     return ops.reshape(x, (-1, groups, x.shape[1], x.shape[2]))
 
 
+def _unfold_weights(result, groups, return_attention):
+    """`(output, [B*G, H, Q, K] weights)` -> weights `[B, G, H, Q, K]`."""
+    if not return_attention:
+        return result
+    out, weights = result
+    return out, ops.reshape(weights, (-1, groups) + tuple(weights.shape[1:]))
+
+
 class _AttentionOptions(keras.layers.Layer):
     """Attention implementation options, passed to `PerceiverAttention`."""
 
@@ -403,17 +413,25 @@ class HiPCrossAttention(_AttentionOptions):
         self.mlp.build(q3)
         self.built = True
 
-    def call(self, query, inputs, training=None):
+    def call(self, query, inputs, training=None, return_attention=False):
+        """With `return_attention`, returns `(output, weights)`, the weights
+        `[B, G, heads, N, M]` per group (see `PerceiverAttention`)."""
         groups = query.shape[1]
         q = _fold(query)
         a = self.attention(
             self.query_norm(q), _fold(inputs), training=training,
             key_value_norm=self.key_value_norm,
+            return_attention=return_attention,
         )
-        if self.use_post_attention_residual:
-            a = a + q
-        a = a + self.mlp(self.mlp_norm(a), training=training)
-        return _unfold(a, groups)
+
+        def finish(a):
+            if self.use_post_attention_residual:
+                a = a + q
+            a = a + self.mlp(self.mlp_norm(a), training=training)
+            return _unfold(a, groups)
+
+        return _unfold_weights(then(a, return_attention, finish), groups,
+                               return_attention)
 
     def compute_output_shape(self, query_shape, inputs_shape):
         return query_shape
@@ -474,7 +492,9 @@ class HiPSelfAttention(_AttentionOptions):
         self.seed_generator = keras.random.SeedGenerator(0)
         self.built = True
 
-    def call(self, x, training=None):
+    def call(self, x, training=None, return_attention=False):
+        """With `return_attention`, returns `(output, weights)`, the weights
+        `[B, G, heads, N, N]` per group."""
         groups = x.shape[1]
 
         def branch(y):  # [B*G, N, C] -> [B, G, N, C], dropped per example
@@ -483,11 +503,16 @@ class HiPSelfAttention(_AttentionOptions):
                 self.seed_generator, training,
             )
 
+        def finish(a, x=x):
+            x = x + branch(self.dropout_layer(a, training=training))
+            y = self.mlp(self.mlp_norm(_fold(x)), training=training)
+            return x + branch(y)
+
         normed = self.attention_norm(_fold(x))
-        a = self.attention(normed, normed, training=training)
-        x = x + branch(self.dropout_layer(a, training=training))
-        y = self.mlp(self.mlp_norm(_fold(x)), training=training)
-        return x + branch(y)
+        a = self.attention(normed, normed, training=training,
+                           return_attention=return_attention)
+        return _unfold_weights(then(a, return_attention, finish), groups,
+                               return_attention)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -625,16 +650,23 @@ class HiPBlock(keras.layers.Layer):
         indices = ops.argsort(scores, axis=-1)[..., :n_train]
         return ops.take_along_axis(latents, indices[..., None], axis=2)
 
-    def call(self, inputs, skip=None, training=None):
+    def call(self, inputs, skip=None, training=None, attention_names=()):
+        """With `attention_names` (names of this block's attention layers:
+        `cross_attention`, `self_attention_{i}`), returns `(output,
+        {name: weights})`."""
         queries = self._latent_queries(ops.shape(inputs)[0], training)
         if skip is not None:
             if self.skip_projection is not None:
                 skip = self.skip_projection(skip)
             queries = queries + skip
-        z = self.cross_attention(queries, inputs, training=training)
+        maps = {}
+        z = call_recording(self.cross_attention, "cross_attention",
+                           attention_names, maps, queries, inputs,
+                           training=training)
         for layer in self.self_attentions:
-            z = layer(z, training=training)
-        return z
+            z = call_recording(layer, layer.name, attention_names, maps, z,
+                               training=training)
+        return (z, maps) if attention_names else z
 
     def compute_output_shape(self, inputs_shape, skip_shape=None):
         return (inputs_shape[0], self.num_groups, self.index_dim,

@@ -49,6 +49,9 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     activation_fn,
 )
 from perceiver_keras.models.layout_map import LayoutMapMixin
+from perceiver_keras.models.attention_maps import attention_names_from
+from perceiver_keras.models.attention_maps import call_recording
+from perceiver_keras.models.attention_maps import compute_attention_maps
 
 MASK_RULES = ("deepmind", "krasserm")
 LATENT_QUERIES = ("identity", "linear", "mlp", "learned")
@@ -180,6 +183,39 @@ class PerceiverARBackbone(LayoutMapMixin, Backbone):
         config = super().get_config()
         config.update(self.stack.arguments())
         return config
+
+    @property
+    def attention_layer_names(self):
+        """The attention blocks in the order they run: `cross_attention_0`
+        (weights `[B, cross heads, N, L]` over the whole context; with
+        `latents_in_keys` the last N keys are the latents), then
+        `self_attention_{i}` (`[B, heads, N, N]`), each followed by the
+        extra `cross_attention_{j}` of `additional_cross_attend_after_layers`.
+        """
+        names, extra = ["cross_attention_0"], 1
+        for i in range(self.num_layers):
+            names.append(f"self_attention_{i}")
+            if i in self.additional_cross_attend_after_layers:
+                names.append(f"cross_attention_{extra}")
+                extra += 1
+        return names
+
+    def attention_maps(self, inputs, layers=None, num_latents=None):
+        """`{name: float32 NumPy [B, heads, N, keys]}` of the blocks asked
+        for (see `attention_layer_names`; None: all): the softmax weights
+        used, causal and padding masks applied (masked keys 0; a latent
+        with no allowed key averages uniformly, as the model does).
+        `num_latents` as in the call. Outputs are unchanged (see
+        `perceiver_keras.models.attention_maps`)."""
+        names = attention_names_from(layers, self.attention_layer_names)
+
+        def forward(inputs, names):
+            return self.stack(inputs, num_latents=num_latents,
+                              attention_names=names)[1]
+
+        return compute_attention_maps(
+            self, names, validate_inputs(inputs), forward, num_latents
+        )
 
 
 # What the backbone reads from its stack: the configuration, the layers the
@@ -541,7 +577,10 @@ class PerceiverARStack(keras.layers.Layer):
 
     # --- forward pass -----------------------------------------------------
 
-    def call(self, inputs, num_latents=None, training=None):
+    def call(self, inputs, num_latents=None, training=None,
+             attention_names=()):
+        """With `attention_names` (names of blocks), returns `(latents,
+        {name: weights})` (see `PerceiverARBackbone.attention_maps`)."""
         validate_inputs(inputs)
         token_ids = inputs["token_ids"]
         mask = ops.cast(inputs["padding_mask"], "bool")
@@ -576,19 +615,23 @@ class PerceiverARStack(keras.layers.Layer):
         self_mask = self.self_attention_key_mask(causal, latent_valid)
 
         latents = gather_rows(x, index)
-        h = self.cross_attention_blocks[0](
-            self.initial_query(latents), x, query_positions, rotary,
-            cross_mask, training=training,
-        )
+        maps = {}
+
+        def run(block, *args):
+            return call_recording(block, block.name, attention_names, maps,
+                                  *args, training=training)
+
+        h = run(self.cross_attention_blocks[0], self.initial_query(latents),
+                x, query_positions, rotary, cross_mask)
         extra = iter(self.cross_attention_blocks[1:])
         for i, block in enumerate(self.self_attention_blocks):
-            h = block(h, query_positions, self_mask, training=training)
+            h = run(block, h, query_positions, self_mask)
             if i in self.additional_cross_attend_after_layers:
-                h = next(extra)(h, x, query_positions, rotary, cross_mask,
-                                training=training)
+                h = run(next(extra), h, x, query_positions, rotary,
+                        cross_mask)
         if self.output_norm is not None:
             h = self.output_norm(h)
-        return h
+        return (h, maps) if attention_names else h
 
     def _drop_prefix(self, x, positions, mask, num_latents):
         """krasserm's prefix dropout: each row keeps a random, ordered

@@ -13,6 +13,7 @@ import numpy as np
 from keras import ops
 
 from perceiver_keras.layers.attention import attend
+from perceiver_keras.models.attention_maps import then
 
 ACTIVATIONS = ("squared_relu", "relu", "gelu_tanh", "gelu_erf")
 
@@ -190,19 +191,21 @@ class PerceiverARAttention(keras.layers.Layer):
         keys = self._rotate(self._heads(self.key_dense(x)), positions)
         return keys, self._heads(self.value_dense(x))
 
-    def attend(self, q, k, v, mask, training=None):
+    def attend(self, q, k, v, mask, training=None, return_attention=False):
+        """With `return_attention`, returns `(output, weights)`: the float32
+        `[B, H, Q, K]` softmax probabilities used (before dropout)."""
         dropout = None
         if self.attention_dropout > 0:
             dropout = lambda w: self.dropout_layer(w, training=training)
         out = attend(q, k, v, mask, wipe_fully_masked_rows=False,
-                     dropout=dropout)
-        return self.output_dense(out)
+                     dropout=dropout, return_weights=return_attention)
+        return then(out, return_attention, self.output_dense)
 
     def call(self, query, key_value, query_positions, key_positions, mask,
-             training=None):
+             training=None, return_attention=False):
         q = self.queries(query, query_positions)
         k, v = self.keys_values(key_value, key_positions)
-        return self.attend(q, k, v, mask, training)
+        return self.attend(q, k, v, mask, training, return_attention)
 
     def compute_output_shape(self, query_shape, *args, **kwargs):
         return tuple(query_shape)
@@ -410,13 +413,17 @@ class PerceiverARCrossAttentionBlock(_Block):
         return self.mlp(x)
 
     def call(self, query, inputs, query_positions, key_positions, mask,
-             training=None):
+             training=None, return_attention=False):
+        """With `return_attention`, also the attention weights (see
+        `PerceiverARAttention.attend`)."""
         normed = self.query_norm(query)
         attended = self.attention(
             normed, self.key_input(inputs, normed), query_positions,
             key_positions, mask, training=training,
+            return_attention=return_attention,
         )
-        return self.finish(query, attended)
+        return then(attended, return_attention,
+                    lambda a: self.finish(query, a))
 
     def get_config(self):
         config = super().get_config()
@@ -440,11 +447,14 @@ class PerceiverARSelfAttentionBlock(_Block):
         self.mlp.build(input_shape)
         self.built = True
 
-    def call(self, x, positions, mask, training=None):
+    def call(self, x, positions, mask, training=None,
+             return_attention=False):
+        """With `return_attention`, also the attention weights."""
         normed = self.attention_norm(x)
-        x = x + self.attention(normed, normed, positions, positions, mask,
-                               training=training)
-        return self.mlp(x)
+        attended = self.attention(normed, normed, positions, positions, mask,
+                                  training=training,
+                                  return_attention=return_attention)
+        return then(attended, return_attention, lambda a: self.mlp(x + a))
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
