@@ -228,14 +228,17 @@ def main():
             results["ours"][backend] = subprocess_json(
                 [sys.executable, script, "--role", "ours",
                  "--directory", directory, *sizes], env)
+            write(results, args.output)  # what exists, after each backend
+    print(markdown(json.loads(json.dumps(results))))
+
+
+def write(results, output):
     # JSON keys: the context lengths become strings, on both sides alike.
     results = json.loads(json.dumps(results))
-    with open(args.output + ".json", "w") as f:
+    with open(output + ".json", "w") as f:
         json.dump(results, f, indent=1)
-    with open(args.output + ".md", "w") as f:
+    with open(output + ".md", "w") as f:
         f.write(markdown(results))
-    print(markdown(results))
-
 
 if __name__ == "__main__":
     main()
