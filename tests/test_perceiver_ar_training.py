@@ -100,3 +100,55 @@ def test_prefix_dropout_keeps_an_ordered_subset_of_the_prefix():
     np.testing.assert_allclose(
         keras.ops.convert_to_numpy(dropped(full)),
         keras.ops.convert_to_numpy(plain(full)), atol=1e-6)
+
+
+def test_deepmind_prefix_dropout_masks_a_random_subset_of_prefix_keys():
+    """Key masking (DeepMind's): with no positions, a row computes what the
+    model computes with some subset of its prefix removed (any size: each
+    key drops on its own); the latents' keys are never masked, and about
+    `prefix_dropout` of the prefix keys are."""
+    from itertools import combinations
+
+    config = dict(vocabulary_size=40, hidden_dim=8, num_layers=1,
+                  num_heads=2, max_sequence_length=8, max_latents=2,
+                  position_embedding=None, rotary_fraction=0.0)
+    keras.utils.set_random_seed(0)
+    masked = PerceiverARBackbone(**config, prefix_dropout=0.5,
+                                 prefix_dropout_kind="deepmind")
+    plain = PerceiverARBackbone(**config)
+    plain.set_weights(masked.get_weights()[:len(plain.weights)])
+    ids = np.random.default_rng(0).integers(1, 40, (4, 6)).astype("int32")
+    full = {"token_ids": ids, "padding_mask": np.ones((4, 6), bool)}
+    out = keras.ops.convert_to_numpy(masked(full, training=True))
+    subsets = [kept for size in range(5) for kept in combinations(range(4),
+                                                                  size)]
+    for row in range(4):
+        matches = []
+        for kept in subsets:
+            sub = ids[row:row + 1, list(kept) + [4, 5]]
+            expected = keras.ops.convert_to_numpy(plain(
+                {"token_ids": sub,
+                 "padding_mask": np.ones((1, sub.shape[1]), bool)}))
+            if np.abs(expected[0] - out[row]).max() < 1e-5:
+                matches.append(kept)
+        assert len(matches) == 1, (row, matches)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(masked(full)),
+        keras.ops.convert_to_numpy(plain(full)), atol=1e-6)
+
+    # The keep mask itself: first latent at 192 of 256 keys, 64 rows.
+    index = keras.ops.broadcast_to(
+        keras.ops.arange(192, 256, dtype="int32")[None], (64, 64))
+    keep = keras.ops.convert_to_numpy(masked.stack._prefix_key_keep(index,
+                                                                    256))
+    assert keep[:, 192:].all()
+    assert abs(1 - keep[:, :192].mean() - 0.5) < 0.03  # sd 0.0045
+
+
+def test_prefix_dropout_kind_is_checked():
+    import pytest
+
+    with pytest.raises(ValueError, match="prefix_dropout_kind"):
+        PerceiverARBackbone(vocabulary_size=40, hidden_dim=8, num_layers=1,
+                            num_heads=2, max_sequence_length=8, max_latents=2,
+                            prefix_dropout=0.5, prefix_dropout_kind="drop")

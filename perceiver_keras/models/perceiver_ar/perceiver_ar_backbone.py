@@ -56,6 +56,7 @@ from perceiver_keras.models.attention_maps import compute_attention_maps
 MASK_RULES = ("deepmind", "krasserm")
 LATENT_QUERIES = ("identity", "linear", "mlp", "learned")
 POSITION_EMBEDDINGS = (None, "learned", "sinusoidal")
+PREFIX_DROPOUT_KINDS = ("krasserm", "deepmind")
 
 
 def sinusoidal_table(rows, channels):
@@ -291,9 +292,13 @@ class PerceiverARStack(keras.layers.Layer):
         tie_embeddings: logits from the token embedding (else a Dense).
         use_logits_bias: bias on the logits.
         attention_dropout: dropout on attention probabilities.
-        prefix_dropout: training only, krasserm's prefix dropout: the
-            fraction of prefix (non-latent) positions each row drops at
-            random; the rest keep their positions (`mask_rules="krasserm"`).
+        prefix_dropout: training only, the rate of prefix (non-latent)
+            positions dropped at random, as `prefix_dropout_kind` says.
+        prefix_dropout_kind: "krasserm": each row removes
+            `int(prefix * prefix_dropout)` prefix positions, the rest keep
+            their positions (`mask_rules="krasserm"`); "deepmind": each
+            prefix key of each row is masked in the cross-attention with
+            probability `prefix_dropout`, independently (shapes unchanged).
         layer_norm_epsilon: every LayerNorm's epsilon.
         kernel_initializer: of every Dense.
     """
@@ -336,6 +341,7 @@ class PerceiverARStack(keras.layers.Layer):
         use_logits_bias=True,
         attention_dropout=0.0,
         prefix_dropout=0.0,
+        prefix_dropout_kind="krasserm",
         layer_norm_epsilon=1e-5,
         kernel_initializer="glorot_uniform",
         **kwargs,
@@ -409,12 +415,16 @@ class PerceiverARStack(keras.layers.Layer):
                 f"`prefix_dropout` must be in [0, 1). Received: "
                 f"prefix_dropout={prefix_dropout}."
             )
-        if prefix_dropout and mask_rules != "krasserm":
+        _check_choice("prefix_dropout_kind", prefix_dropout_kind,
+                      PREFIX_DROPOUT_KINDS)
+        if (prefix_dropout and prefix_dropout_kind == "krasserm"
+                and mask_rules != "krasserm"):
             raise ValueError(
                 '`prefix_dropout` needs `mask_rules="krasserm"` (latents '
                 "at the end of every row)."
             )
         self.prefix_dropout = prefix_dropout
+        self.prefix_dropout_kind = prefix_dropout_kind
         # Only with dropout: a seed generator adds a state variable.
         self.prefix_seed_generator = (
             keras.random.SeedGenerator() if prefix_dropout else None)
@@ -597,7 +607,8 @@ class PerceiverARStack(keras.layers.Layer):
             mask, self.position_start, self.terminal_relative_positions
         )
         x = self.embed(token_ids, positions)
-        if training and self.prefix_dropout > 0:
+        dropout = self.prefix_dropout if training else 0.0
+        if dropout and self.prefix_dropout_kind == "krasserm":
             x, positions, mask = self._drop_prefix(x, positions, mask,
                                                    num_latents)
             length = ops.shape(x)[1]
@@ -610,6 +621,9 @@ class PerceiverARStack(keras.layers.Layer):
         cross_mask = ops.logical_and(
             keys <= index[:, :, None], mask[:, None, :]
         )
+        if dropout and self.prefix_dropout_kind == "deepmind":
+            cross_mask = ops.logical_and(
+                cross_mask, self._prefix_key_keep(index, length)[:, None, :])
         n = ops.arange(num_latents, dtype="int32")
         causal = (n[None, :] <= n[:, None])[None]
         self_mask = self.self_attention_key_mask(causal, latent_valid)
@@ -652,6 +666,17 @@ class PerceiverARStack(keras.layers.Layer):
             axis=1)
         return (gather_rows(x, rows), gather_rows(positions, rows),
                 gather_rows(mask, rows))
+
+    def _prefix_key_keep(self, index, length):
+        """DeepMind's key-masking prefix dropout: `[B, length]`, False for
+        the prefix keys dropped (each with probability `prefix_dropout`);
+        the latents' own keys (from the first latent on) are kept."""
+        batch = ops.shape(index)[0]
+        keys = ops.arange(length, dtype=index.dtype)[None, :]
+        kept = keras.random.uniform(
+            (batch, length), seed=self.prefix_seed_generator
+        ) >= self.prefix_dropout
+        return ops.logical_or(kept, keys >= index[:, :1])
 
     def compute_output_shape(self, input_shape=None):
         # The number of latents is a call argument (None: unknown here);
@@ -710,6 +735,7 @@ class PerceiverARStack(keras.layers.Layer):
                 "use_logits_bias": self.use_logits_bias,
                 "attention_dropout": self.attention_dropout,
                 "prefix_dropout": self.prefix_dropout,
+                "prefix_dropout_kind": self.prefix_dropout_kind,
                 "layer_norm_epsilon": self.layer_norm_epsilon,
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
