@@ -57,3 +57,25 @@ def check_rate(name, value):
         raise ValueError(
             f"`{name}` must be a rate in [0, 1). Received: {name}={value!r}."
         )
+
+
+class ConfigArgumentsMixin:
+    """A layer whose config is the constructor arguments named in
+    `config_arguments`: `__init__` ends with `self._store_config(locals())`
+    and `get_config` returns them, Keras initializers serialized (resolve
+    an initializer with `keras.initializers.get` before storing it)."""
+
+    config_arguments = ()
+
+    def _store_config(self, arguments):
+        for name in self.config_arguments:
+            setattr(self, name, arguments[name])
+
+    def get_config(self):
+        config = super().get_config()
+        for name in self.config_arguments:
+            value = getattr(self, name)
+            if isinstance(value, keras.initializers.Initializer):
+                value = keras.initializers.serialize(value)
+            config[name] = value
+        return config
