@@ -148,6 +148,7 @@ class ResamplerAttention(ConfigArgumentsMixin, keras.layers.Layer):
         "num_heads", "head_dim", "num_key_value_heads", "qk_norm",
         "qk_norm_epsilon", "kernel_initializer",
     )
+    initializer_arguments = ("kernel_initializer",)
 
     def __init__(
         self,
@@ -162,7 +163,6 @@ class ResamplerAttention(ConfigArgumentsMixin, keras.layers.Layer):
         super().__init__(**kwargs)
         num_key_value_heads = num_key_value_heads or num_heads
         check_key_value_heads(num_heads, num_key_value_heads)
-        kernel_initializer = keras.initializers.get(kernel_initializer)
         self._store_config(locals())
 
     def build(self, latents_shape, features_shape=None):
@@ -239,6 +239,7 @@ class ResamplerMLP(ConfigArgumentsMixin, keras.layers.Layer):
     config_arguments = (
         "intermediate_dim", "activation", "gated", "kernel_initializer",
     )
+    initializer_arguments = ("kernel_initializer",)
 
     def __init__(
         self,
@@ -249,7 +250,6 @@ class ResamplerMLP(ConfigArgumentsMixin, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        kernel_initializer = keras.initializers.get(kernel_initializer)
         self._store_config(locals())
         self.activation_fn = keras.activations.get(activation)
 
@@ -287,6 +287,7 @@ class PerceiverResamplerBlock(ConfigArgumentsMixin, keras.layers.Layer):
         "num_heads", "head_dim", "intermediate_dim", *BLOCK_OPTIONS,
         "kernel_initializer",
     )
+    initializer_arguments = ("kernel_initializer",)
 
     def __init__(
         self,
@@ -304,7 +305,6 @@ class PerceiverResamplerBlock(ConfigArgumentsMixin, keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        kernel_initializer = keras.initializers.get(kernel_initializer)
         self._store_config(locals())
 
     def build(self, latents_shape, features_shape=None):
@@ -393,6 +393,7 @@ class PerceiverResampler(ConfigArgumentsMixin, keras.layers.Layer):
         "intermediate_dim", *BLOCK_OPTIONS, "max_num_media",
         "max_num_frames", "latents_initializer", "kernel_initializer",
     )
+    initializer_arguments = ("latents_initializer", "kernel_initializer")
 
     def __init__(
         self,
@@ -429,8 +430,6 @@ class PerceiverResampler(ConfigArgumentsMixin, keras.layers.Layer):
                     f"{name}={value!r}."
                 )
         check_key_value_heads(num_heads, num_key_value_heads or num_heads)
-        latents_initializer = keras.initializers.get(latents_initializer)
-        kernel_initializer = keras.initializers.get(kernel_initializer)
         self._store_config(locals())
 
     @classmethod
