@@ -91,6 +91,30 @@ def checked(row, backend, what):
     return row
 
 
+def timed_row(keras, model, record, batch, dtype, policy, load_s, base_rss,
+              **measured):
+    """A row of `time_calls`' `record`: what ran (batch, dtype, policy,
+    execution), `measured` and the peak memory since `base_rss`."""
+    return dict(record, batch=batch, dtype=dtype,
+                policy=policy or "float32", load_s=load_s, **measured,
+                peak_rss=read_status("VmHWM"), base_rss=base_rss,
+                execution=execution_of(model, keras),
+                unbuilt_layers=unbuilt_layers(model))
+
+
+def add_row(rows, job, backend, row, result, expected):
+    """Appends `row`, with `result`'s agreement with transformers'
+    `expected` float32 result where there is one, and its run counts
+    checked."""
+    if expected is not None:
+        compare = (agreement if row["dtype"] == "float32"
+                   else low_precision_agreement)
+        row.update(compare(result, expected), reference="transformers float32")
+    rows.append(checked(
+        row, backend, f"{job['workload']} batch {row['batch']} {row['dtype']}"
+    ))
+
+
 def keras_inference(job, spec, keras):
     import numpy as np
 
@@ -105,19 +129,11 @@ def keras_inference(job, spec, keras):
             logits, record = time_calls(
                 lambda: model.predict_on_batch(x), job["repeats"],
                 job["budget_s"], model=backbone_of(model))
-            row = dict(record, batch=batch, dtype=dtype,
-                       policy=policy or "float32", load_s=load_s,
-                       peak_rss=read_status("VmHWM"), base_rss=base_rss,
-                       execution=execution_of(model, keras),
-                       unbuilt_layers=unbuilt_layers(model))
+            row = timed_row(keras, model, record, batch, dtype, policy,
+                            load_s, base_rss)
             path = reference_path(job, batch)
-            if os.path.exists(path):
-                compare = (agreement if dtype == "float32"
-                           else low_precision_agreement)
-                row.update(compare(logits, np.load(path)),
-                           reference="transformers float32")
-            rows.append(checked(row, backend,
-                                f"{job['workload']} batch {batch} {dtype}"))
+            expected = np.load(path) if os.path.exists(path) else None
+            add_row(rows, job, backend, row, logits, expected)
         model = None
         keras.backend.clear_session()
     return rows
@@ -149,23 +165,15 @@ def keras_training(job, spec, keras):
             first_loss, record = time_calls(step, job["repeats"],
                                             job["budget_s"],
                                             model=backbone_of(model))
-            row = dict(record, batch=batch, dtype=dtype,
-                       policy=policy or "float32", load_s=load_s,
-                       first_loss=first_loss, last_loss=losses[-1],
-                       steps=len(losses), peak_rss=read_status("VmHWM"),
-                       base_rss=base_rss,
-                       execution=execution_of(model, keras),
-                       unbuilt_layers=unbuilt_layers(model))
+            row = timed_row(keras, model, record, batch, dtype, policy,
+                            load_s, base_rss, first_loss=first_loss,
+                            last_loss=losses[-1], steps=len(losses))
             path = reference_path(job, batch, ".json")
+            expected = None
             if os.path.exists(path):
                 with open(path) as f:
                     expected = json.load(f)["first_loss"]
-                compare = (agreement if dtype == "float32"
-                           else low_precision_agreement)
-                row.update(compare(first_loss, expected),
-                           reference="transformers float32")
-            rows.append(checked(row, backend,
-                                f"{job['workload']} batch {batch} {dtype}"))
+            add_row(rows, job, backend, row, first_loss, expected)
         model = None
         keras.backend.clear_session()
     return rows
