@@ -200,24 +200,12 @@ def deepmind_source(directory, side):
     from perceiver_keras.conversion import deepmind_image
     from perceiver_keras.conversion.deepmind import save_deepmind_checkpoint
 
-    config = {"kind": "image_fourier", "deepmind_config": {
-        "image_size": side, "num_classes": 10,
-        "input_preprocessor": {
-            "prep_type": "pixels", "spatial_downsample": 1,
-            "position_encoding_type": "fourier",
-            "fourier_position_encoding_kwargs": {
-                "num_bands": 6, "max_resolution": [side, side],
-                "concat_pos": True, "sine_only": False}},
-        "encoder": {
-            "num_blocks": 1, "num_self_attends_per_block": 1,
-            "z_index_dim": LATENTS, "num_z_channels": 64,
-            "qk_channels": 64, "v_channels": 64,
-            "num_cross_attend_heads": HEADS, "num_self_attend_heads": 8},
-        "decoder": {"num_z_channels": 64, "use_query_residual": True,
-                    "position_encoding_type": "trainable",
-                    "trainable_position_encoding_kwargs": {
-                        "num_channels": 64}},
-    }}
+    config = deepmind_image.pixel_fourier_config(side, {
+        "num_blocks": 1, "num_self_attends_per_block": 1,
+        "z_index_dim": LATENTS, "num_z_channels": 64,
+        "qk_channels": 64, "v_channels": 64,
+        "num_cross_attend_heads": HEADS, "num_self_attend_heads": 8,
+    })
     os.makedirs(directory, exist_ok=True)
     save_deepmind_checkpoint(
         deepmind_image.build_task(config["deepmind_config"]), config,
