@@ -34,6 +34,33 @@ HEADS, LATENTS, CHANNELS = 8, 256, 64
 WORKING_SET = 256 * MIB
 
 
+def exported_backbone(tmp_path, length, seed):
+    """`(backbone, x)`: a small `PerceiverBackbone` written as a transformers
+    checkpoint to `tmp_path/hf`, and `length` inputs for it in
+    `tmp_path/x.npz`."""
+    from perceiver_keras import PerceiverBackbone
+    from perceiver_keras.conversion.hf_export import export_transformers
+
+    backbone = PerceiverBackbone(
+        inputs_shape=(None, 8), num_latents=4, latent_dim=16,
+        num_self_attends_per_block=1, num_cross_attend_heads=2,
+    )
+    export_transformers(backbone, tmp_path / "hf")
+    x = np.random.default_rng(seed).normal(size=(1, length, 8)).astype(
+        "float32"
+    )
+    np.savez(tmp_path / "x.npz", inputs=x)
+    return backbone, x
+
+
+def check_saved_outputs(path, backbone, x):
+    """The command line's saved outputs are the backbone's on `x`."""
+    with np.load(path) as saved:
+        expected = keras.ops.convert_to_numpy(backbone({"inputs": x}))
+        np.testing.assert_allclose(saved["last_hidden_state"], expected,
+                                   atol=2e-5)
+
+
 def load_script(name):
     path = ROOT / "conversion" / f"{name}.py"
     module = importlib.util.module_from_spec(
@@ -89,16 +116,7 @@ def test_comparison_that_fits_runs_and_checks_numbers(monkeypatch, capsys):
 def test_failed_comparison_keeps_preset_and_outputs(tmp_path, monkeypatch,
                                                     capsys):
     """The hf command line with a reference that runs out of memory."""
-    from perceiver_keras import PerceiverBackbone
-    from perceiver_keras.conversion.hf_export import export_transformers
-
-    backbone = PerceiverBackbone(
-        inputs_shape=(None, 8), num_latents=4, latent_dim=16,
-        num_self_attends_per_block=1, num_cross_attend_heads=2,
-    )
-    export_transformers(backbone, tmp_path / "hf")
-    x = np.random.default_rng(0).normal(size=(1, 40, 8)).astype("float32")
-    np.savez(tmp_path / "x.npz", inputs=x)
+    backbone, x = exported_backbone(tmp_path, 40, seed=0)
 
     def out_of_memory(directory, inputs):
         raise MemoryError("no room")
@@ -116,10 +134,7 @@ def test_failed_comparison_keeps_preset_and_outputs(tmp_path, monkeypatch,
         capsys.readouterr().out)
     assert convert_hf.main(argv + ["--compare"]) == 1
     assert (tmp_path / "preset" / "config.json").is_file()
-    with np.load(tmp_path / "y.npz") as saved:
-        expected = keras.ops.convert_to_numpy(backbone({"inputs": x}))
-        np.testing.assert_allclose(saved["last_hidden_state"], expected,
-                                   atol=2e-5)
+    check_saved_outputs(tmp_path / "y.npz", backbone, x)
 
 
 def test_hf_command_line_skips_a_comparison_that_would_not_fit(
@@ -129,17 +144,9 @@ def test_hf_command_line_skips_a_comparison_that_would_not_fit(
     with one line, before transformers is imported or run; the preset and
     the outputs are written and the exit status is 0."""
     pytest.importorskip("transformers")
-    from perceiver_keras import PerceiverBackbone
     from perceiver_keras.conversion import hf_reference
-    from perceiver_keras.conversion.hf_export import export_transformers
 
-    backbone = PerceiverBackbone(
-        inputs_shape=(None, 8), num_latents=4, latent_dim=16,
-        num_self_attends_per_block=1, num_cross_attend_heads=2,
-    )
-    export_transformers(backbone, tmp_path / "hf")
-    x = np.random.default_rng(1).normal(size=(1, 300, 8)).astype("float32")
-    np.savez(tmp_path / "x.npz", inputs=x)
+    backbone, x = exported_backbone(tmp_path, 300, seed=1)
 
     def must_not_run(directory, inputs):
         raise AssertionError("transformers ran")
@@ -159,10 +166,7 @@ def test_hf_command_line_skips_a_comparison_that_would_not_fit(
     assert "comparison with transformers skipped: it needs about" in out
     assert "1.0 GiB available" not in out and "0.0 GiB available" in out
     assert (tmp_path / "preset" / "config.json").is_file()
-    with np.load(tmp_path / "y.npz") as saved:
-        expected = keras.ops.convert_to_numpy(backbone({"inputs": x}))
-        np.testing.assert_allclose(saved["last_hidden_state"], expected,
-                                   atol=2e-5)
+    check_saved_outputs(tmp_path / "y.npz", backbone, x)
 
 
 # --- converted models stream ---------------------------------------------------
