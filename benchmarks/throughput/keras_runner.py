@@ -115,14 +115,26 @@ def add_row(rows, job, backend, row, result, expected):
     ))
 
 
-def keras_inference(job, spec, keras):
-    import numpy as np
-
-    backend = keras.backend.backend()
+def rows_per_dtype(job, spec, keras, measure):
+    """The rows `measure(rows, model, dtype, policy, load_s)` appends for
+    each dtype of the workload, the model loaded under that dtype's policy
+    and released (session cleared) before the next is loaded."""
     rows = ProgressRows(job)
     for dtype in spec.get("dtypes", ["float32"]):
         policy = keras_dtype(spec, dtype)
         model, load_s = load_keras_model(spec, job["checkpoint"], policy)
+        measure(rows, model, dtype, policy, load_s)
+        model = None
+        keras.backend.clear_session()
+    return rows
+
+
+def keras_inference(job, spec, keras):
+    import numpy as np
+
+    backend = keras.backend.backend()
+
+    def measure(rows, model, dtype, policy, load_s):
         for batch in spec["batches"]:
             x = keras_inputs(spec, batch)
             base_rss = reset_peak_rss()
@@ -134,17 +146,14 @@ def keras_inference(job, spec, keras):
             path = reference_path(job, batch)
             expected = np.load(path) if os.path.exists(path) else None
             add_row(rows, job, backend, row, logits, expected)
-        model = None
-        keras.backend.clear_session()
-    return rows
+
+    return rows_per_dtype(job, spec, keras, measure)
 
 
 def keras_training(job, spec, keras):
     backend = keras.backend.backend()
-    rows = ProgressRows(job)
-    for dtype in spec.get("dtypes", ["float32"]):
-        policy = keras_dtype(spec, dtype)
-        model, load_s = load_keras_model(spec, job["checkpoint"], policy)
+
+    def measure(rows, model, dtype, policy, load_s):
         model.compile(
             optimizer=keras.optimizers.Adam(spec["learning_rate"],
                                             epsilon=1e-8),
@@ -174,9 +183,8 @@ def keras_training(job, spec, keras):
                 with open(path) as f:
                     expected = json.load(f)["first_loss"]
             add_row(rows, job, backend, row, first_loss, expected)
-        model = None
-        keras.backend.clear_session()
-    return rows
+
+    return rows_per_dtype(job, spec, keras, measure)
 
 
 def scaling_reference(job, size):
