@@ -111,6 +111,13 @@ def dtypes_of(spec):
     return spec.get("dtypes", [FLOAT32])
 
 
+def workloads_of(specs, all_results, kind):
+    """`(name, spec, results)` of the `kind` workloads, in run order."""
+    for name, results in all_results.items():
+        if specs[name]["kind"] == kind:
+            yield name, specs[name], results
+
+
 def workload_table(specs, all_results, kind, header, alignment, cells):
     """The markdown table of the `kind` workloads: `header`, `alignment`,
     then `cells(name, spec, batch, dtype, framework, row, reference_row,
@@ -118,10 +125,7 @@ def workload_table(specs, all_results, kind, header, alignment, cells):
     for every framework that failed."""
     columns = header.count("|") - 1
     lines = [header, alignment]
-    for name, results in all_results.items():
-        spec = specs[name]
-        if spec["kind"] != kind:
-            continue
+    for name, spec, results in workloads_of(specs, all_results, kind):
         for measured in measured_rows(spec, results):
             lines.append("| " + " | ".join(cells(name, spec, *measured)) + " |")
         lines += error_rows(results, columns)
@@ -503,10 +507,7 @@ def markdown(meta, specs, all_results):
             "epsilon after the bias correction and torch's before, so "
             "later steps need not agree to the tolerance.", "",
             training_table(specs, all_results, limit), ""]
-    for name, results in all_results.items():
-        spec = specs[name]
-        if spec["kind"] != "scaling":
-            continue
+    for _, spec, results in workloads_of(specs, all_results, "scaling"):
         c = spec["config"]
         parts += [
             "## Encoder scaling with the input length", "",
@@ -523,10 +524,7 @@ def markdown(meta, specs, all_results):
             "memory are not run. Sizes without a transformers output are "
             "checked against another Keras backend.", "",
             scaling_table(spec, results, limit), ""]
-    for name, results in all_results.items():
-        spec = specs[name]
-        if spec["kind"] != "fit":
-            continue
+    for _, spec, results in workloads_of(specs, all_results, "fit"):
         parts += [
             "## Small-model `fit` step time (ours only)", "",
             "`PerceiverClassifier(PerceiverBackbone(**recommended_config("
