@@ -86,23 +86,13 @@ def deepmind_config(side):
     """The benchmark's encoder as a DeepMind image classifier for
     `side` x `side` images (3 + 26 Fourier channels, projected to 256 for
     the 8 heads)."""
-    return {"kind": "image_fourier", "deepmind_config": {
-        "image_size": side, "num_classes": 10,
-        "input_preprocessor": {
-            "prep_type": "pixels", "spatial_downsample": 1,
-            "position_encoding_type": "fourier",
-            "fourier_position_encoding_kwargs": {
-                "num_bands": 6, "max_resolution": [side, side],
-                "concat_pos": True, "sine_only": False}},
-        "encoder": {
-            "num_blocks": 1, "num_self_attends_per_block": 6,
-            "z_index_dim": 512, "num_z_channels": 1024, "qk_channels": 256,
-            "num_cross_attend_heads": 8, "num_self_attend_heads": 8},
-        "decoder": {"num_z_channels": 1024, "use_query_residual": True,
-                    "position_encoding_type": "trainable",
-                    "trainable_position_encoding_kwargs": {
-                        "num_channels": 1024}},
-    }}
+    from perceiver_keras.conversion.deepmind_image import pixel_fourier_config
+
+    return pixel_fourier_config(side, {
+        "num_blocks": 1, "num_self_attends_per_block": 6,
+        "z_index_dim": 512, "num_z_channels": 1024, "qk_channels": 256,
+        "num_cross_attend_heads": 8, "num_self_attend_heads": 8,
+    })
 
 
 def converter_child(model, size, workdir, compare=True):

@@ -39,9 +39,7 @@ def parse_args(argv):
                         help="a built-in model")
     source.add_argument("--config", metavar="CONFIG_JSON",
                         help="a {kind, deepmind_config} JSON file")
-    cli.add_arguments(parser)
-    args = parser.parse_args(argv)
-    cli.check_arguments(parser, args)
+    args = cli.parse_arguments(parser, argv)
     args.source = args.checkpoint
     return args
 

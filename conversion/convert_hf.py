@@ -46,10 +46,7 @@ def parse_args(argv):
     )
     parser.add_argument("source", metavar="SOURCE",
                         help="hub id (owner/name) or save_pretrained directory")
-    cli.add_arguments(parser, reference="transformers")
-    args = parser.parse_args(argv)
-    cli.check_arguments(parser, args)
-    return args
+    return cli.parse_arguments(parser, argv, reference="transformers")
 
 
 def main(argv=None):

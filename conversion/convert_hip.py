@@ -19,11 +19,8 @@ Exit status: 0 on success, 1 if the conversion fails, 2 on bad arguments.
 """
 
 import argparse
-import pickle
 import sys
 import time
-
-import numpy as np
 
 from perceiver_keras.conversion import cli
 
@@ -37,32 +34,23 @@ def parse_args(argv):
     parser.add_argument("--config", required=True, metavar="CONFIG_JSON",
                         help="kind, constructor_kwargs, input_order, "
                         "input_shapes")
-    cli.add_arguments(parser)
-    args = parser.parse_args(argv)
-    cli.check_arguments(parser, args)
-    return args
+    return cli.parse_arguments(parser, argv)
 
 
+@cli.exits_on_errors
 def main(argv=None):
     args = parse_args(argv)
     from perceiver_keras.conversion.hip import convert_hip
     from perceiver_keras.conversion.hip import run_inputs
 
     start = time.time()
-    try:
-        task = convert_hip(args.params, args.config, args.output)
-        print(f"converted {args.params} ({type(task).__name__}, "
-              f"{task.count_params():,} parameters) -> {args.output} "
-              f"in {time.time() - start:.1f}s")
-        if args.inputs:
-            with np.load(args.inputs, allow_pickle=False) as data:
-                inputs = dict(data)
-            outputs = run_inputs(task.backbone, inputs)
-            np.savez(args.save_outputs, **outputs)
-            print(f"outputs {sorted(outputs)} -> {args.save_outputs}")
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+    task = convert_hip(args.params, args.config, args.output)
+    print(f"converted {args.params} ({type(task).__name__}, "
+          f"{task.count_params():,} parameters) -> {args.output} "
+          f"in {time.time() - start:.1f}s")
+    if args.inputs:
+        outputs = run_inputs(task.backbone, cli.load_inputs(args.inputs))
+        cli.save_outputs(args.save_outputs, outputs)
     return 0
 
 

@@ -38,10 +38,7 @@ def parse_args(argv):
     parser.add_argument("source", metavar="SOURCE")
     parser.add_argument("--config", metavar="CONFIG_JSON",
                         help="DeepMind model config (required for .dill)")
-    cli.add_arguments(parser)
-    args = parser.parse_args(argv)
-    cli.check_arguments(parser, args)
-    return args
+    return cli.parse_arguments(parser, argv)
 
 
 def main(argv=None):

@@ -27,7 +27,6 @@ arguments.
 import argparse
 import importlib.util
 import os
-import pickle
 import sys
 import time
 
@@ -47,15 +46,11 @@ def parse_args(argv):
                         help="save_pretrained directory or hf://owner/name")
     # --inputs: `features` [B, M, C] and optional `attention_mask` [B, M];
     # --save-outputs gets `latents`.
-    cli.add_arguments(parser)
-    args = parser.parse_args(argv)
-    cli.check_arguments(parser, args)
-    return args
+    return cli.parse_arguments(parser, argv)
 
 
 def read_inputs(path):
-    with np.load(path) as data:
-        arrays = dict(data)
+    arrays = cli.load_inputs(path)
     unknown = sorted(set(arrays) - {"features", "attention_mask"})
     if "features" not in arrays or unknown:
         raise ValueError(
@@ -85,6 +80,7 @@ def compare(outputs, expected):
     return diff <= bound
 
 
+@cli.exits_on_errors
 def main(argv=None):
     args = parse_args(argv)
     from perceiver_keras.conversion.resampler import convert_resampler
@@ -92,42 +88,37 @@ def main(argv=None):
     from perceiver_keras.conversion.resampler import run_resampler
 
     start = time.time()
-    try:
-        is_file = os.path.isfile(args.source)  # OpenFlamingo checkpoint.pt
-        directory = args.source if is_file else local_directory(args.source)
-        task = convert_resampler(directory, args.output)
-        model_type = task.source_config["model_type"]
-        print(f"converted {args.source} ({model_type} resampler, "
-              f"{task.count_params():,} parameters) -> {args.output} in "
-              f"{time.time() - start:.1f}s")
-        if args.inputs:
-            features, mask = read_inputs(args.inputs)
-        else:
-            width = task.backbone.feature_dim
-            features = np.random.default_rng(0).normal(
-                size=(2, 9, width)).astype("float32")
-            mask = None
-        outputs = run_resampler(task, features, mask)
-        if args.save_outputs:
-            np.savez(args.save_outputs, **outputs)
-            print(f"outputs ['latents'] -> {args.save_outputs}")
-        if is_file:
-            print("OpenFlamingo checkpoint: no transformers module to compare")
-        elif all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
-            from perceiver_keras.conversion.resampler_reference import (
-                reference_latents,
-            )
+    is_file = os.path.isfile(args.source)  # OpenFlamingo checkpoint.pt
+    directory = args.source if is_file else local_directory(args.source)
+    task = convert_resampler(directory, args.output)
+    model_type = task.source_config["model_type"]
+    print(f"converted {args.source} ({model_type} resampler, "
+          f"{task.count_params():,} parameters) -> {args.output} in "
+          f"{time.time() - start:.1f}s")
+    if args.inputs:
+        features, mask = read_inputs(args.inputs)
+    else:
+        width = task.backbone.feature_dim
+        features = np.random.default_rng(0).normal(
+            size=(2, 9, width)).astype("float32")
+        mask = None
+    outputs = run_resampler(task, features, mask)
+    if args.save_outputs:
+        cli.save_outputs(args.save_outputs, outputs)
+    if is_file:
+        print("OpenFlamingo checkpoint: no transformers module to compare")
+    elif all(importlib.util.find_spec(m) for m in ("torch", "transformers")):
+        from perceiver_keras.conversion.resampler_reference import (
+            reference_latents,
+        )
 
-            expected = reference_latents(directory, features, mask)
-            print("against transformers"
-                  + ("" if args.inputs else " (random features)") + ":")
-            if not compare(outputs["latents"], expected):
-                return 1
-        else:
-            print("transformers/torch not installed: no comparison")
-    except (OSError, ValueError, KeyError, pickle.UnpicklingError) as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return 1
+        expected = reference_latents(directory, features, mask)
+        print("against transformers"
+              + ("" if args.inputs else " (random features)") + ":")
+        if not compare(outputs["latents"], expected):
+            return 1
+    else:
+        print("transformers/torch not installed: no comparison")
     return 0
 
 

@@ -19,8 +19,8 @@ PARAM_TREES = os.path.join(HERE, "fixtures", "deepmind_param_trees.txt")
 TOLERANCE = 2e-5  # of max(1, max|reference|), the fixtures' tolerance
 
 
-def fixture_config():
-    with open(os.path.join(FIXTURE, "config.json")) as f:
+def fixture_config(fixture=FIXTURE):
+    with open(os.path.join(fixture, "config.json")) as f:
         return json.load(f)["deepmind_config"]
 
 
@@ -32,29 +32,40 @@ def scaled_max_diff(actual, expected):
     return float(np.abs(actual - expected).max()) / scale
 
 
-@pytest.fixture(scope="module")
-def converted():
-    """The fixture checkpoint converted into a small `PerceiverOpticalFlow`."""
-    config = fixture_config()
+def converted_fixture(conversion, fixture):
+    """The checkpoint in `fixture` converted by `conversion` (a
+    `perceiver_keras.conversion.deepmind_*` module) into its small task."""
+    config = fixture_config(fixture)
     params, state = load_deepmind_checkpoint(
-        os.path.join(FIXTURE, "checkpoint.pickle")
+        os.path.join(fixture, "checkpoint.pickle")
     )
-    task = deepmind_flow.build_task(config)
-    rows = deepmind_flow.weight_rows(task, config)
+    task = conversion.build_task(config)
+    rows = conversion.weight_rows(task, config)
     assign_weights(task, rows, {**params, **state})
     return task
 
 
-def test_fixture_parity(converted, record_property):
-    inputs = dict(np.load(os.path.join(FIXTURE, "inputs.npz")))
-    expected = np.load(os.path.join(FIXTURE, "outputs.npz"))
-    outputs = deepmind_flow.run_inputs(converted, inputs)
+def check_fixture_parity(conversion, task, fixture, record_property):
+    """`task` on the fixture's inputs reproduces DeepMind's outputs."""
+    inputs = dict(np.load(os.path.join(fixture, "inputs.npz")))
+    expected = np.load(os.path.join(fixture, "outputs.npz"))
+    outputs = conversion.run_inputs(task, inputs)
     assert sorted(outputs) == sorted(expected.files)
     for key in expected.files:
         diff = scaled_max_diff(outputs[key], expected[key])
         record_property(f"{key}_scaled_max_diff", diff)
         print(f"{keras.backend.backend()} {key}: max|diff|/scale={diff:.3g}")
         assert diff <= TOLERANCE, key
+
+
+@pytest.fixture(scope="module")
+def converted():
+    """The fixture checkpoint converted into a small `PerceiverOpticalFlow`."""
+    return converted_fixture(deepmind_flow, FIXTURE)
+
+
+def test_fixture_parity(converted, record_property):
+    check_fixture_parity(deepmind_flow, converted, FIXTURE, record_property)
 
 
 def colab_grid_indices(image_shape, patch_size, min_overlap):

@@ -1,6 +1,5 @@
 """DeepMind video-autoencoder conversion: parity, released shapes, chunks."""
 
-import json
 import os
 
 import keras
@@ -8,15 +7,15 @@ import numpy as np
 import pytest
 
 from perceiver_keras.conversion import deepmind_multimodal
-from perceiver_keras.conversion.common import assign_weights
 from perceiver_keras.layers.multimodal import PerceiverAudioAdapter
 from perceiver_keras.layers.multimodal import PerceiverLabelAdapter
 from perceiver_keras.layers.multimodal import PerceiverMultimodalAdapter
 from perceiver_keras.models.perceiver_io.perceiver_multimodal_autoencoder import (
     PerceiverMultimodalAutoencoder,
 )
-from perceiver_keras.utils.deepmind_checkpoint import load_deepmind_checkpoint
-from test_deepmind_flow import TOLERANCE
+from test_deepmind_flow import check_fixture_parity
+from test_deepmind_flow import converted_fixture
+from test_deepmind_flow import fixture_config
 from test_deepmind_flow import scaled_max_diff
 
 FIXTURE = os.path.join(
@@ -24,9 +23,6 @@ FIXTURE = os.path.join(
 )
 
 
-def fixture_config():
-    with open(os.path.join(FIXTURE, "config.json")) as f:
-        return json.load(f)["deepmind_config"]
 
 
 def to_numpy(outputs):
@@ -36,14 +32,7 @@ def to_numpy(outputs):
 @pytest.fixture(scope="module")
 def converted():
     """The fixture checkpoint in a small `PerceiverMultimodalAutoencoder`."""
-    config = fixture_config()
-    params, state = load_deepmind_checkpoint(
-        os.path.join(FIXTURE, "checkpoint.pickle")
-    )
-    task = deepmind_multimodal.build_task(config)
-    rows = deepmind_multimodal.weight_rows(task, config)
-    assign_weights(task, rows, {**params, **state})
-    return task
+    return converted_fixture(deepmind_multimodal, FIXTURE)
 
 
 @pytest.fixture(scope="module")
@@ -53,15 +42,9 @@ def clip():
 
 
 def test_fixture_parity(converted, record_property):
-    inputs = dict(np.load(os.path.join(FIXTURE, "inputs.npz")))
-    expected = np.load(os.path.join(FIXTURE, "outputs.npz"))
-    outputs = deepmind_multimodal.run_inputs(converted, inputs)
-    assert sorted(outputs) == sorted(expected.files)
-    for key in expected.files:
-        diff = scaled_max_diff(outputs[key], expected[key])
-        record_property(f"{key}_scaled_max_diff", diff)
-        print(f"{keras.backend.backend()} {key}: max|diff|/scale={diff:.3g}")
-        assert diff <= TOLERANCE, key
+    check_fixture_parity(
+        deepmind_multimodal, converted, FIXTURE, record_property
+    )
 
 
 def test_chunked_reconstruction_equals_full_decode(converted, clip):
@@ -165,6 +148,6 @@ def test_bad_inputs_raise_value_error(converted, clip):
     with pytest.raises(ValueError, match="num_chunks"):
         converted.reconstruct(clip, num_chunks=17)
     with pytest.raises(ValueError, match="samples_per_patch"):
-        config = fixture_config()
+        config = fixture_config(FIXTURE)
         config["output_postprocessor"]["audio"]["samples_per_patch"] = 8
         deepmind_multimodal.build_task(config)

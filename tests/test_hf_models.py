@@ -125,19 +125,28 @@ def check_parity(model, directory, inputs):
     return converted
 
 
-@pytest.mark.parametrize("weights_format", FORMATS)
-def test_sequence_classification(tmp_path, weights_format):
-    model = build("PerceiverForSequenceClassification")
+def check_text_task(tmp_path, weights_format, architecture, task_name,
+                    short_length):
+    """A converted text `architecture` (a `task_name`) matches transformers
+    on 24 tokens and on `short_length`; the task called on the padded
+    24-token inputs gives transformers' logits."""
+    model = build(architecture)
     directory = save(model, tmp_path, weights_format)
     inputs = token_inputs(length=24)
     task = check_parity(model, directory, inputs)
-    assert type(task).__name__ == "PerceiverTextClassifier"
-    # Shorter inputs are padded with a masked tail: same logits.
-    check_parity(model, directory, token_inputs(length=11, seed=1))
-    # The task itself, called on the padded inputs.
+    assert type(task).__name__ == task_name
+    check_parity(model, directory, token_inputs(length=short_length, seed=1))
     padded = {"inputs": inputs["inputs"].astype("int32"),
               "padding_mask": inputs["attention_mask"].astype(bool)}
     assert_close(task(padded), reference(model, inputs)["logits"])
+
+
+@pytest.mark.parametrize("weights_format", FORMATS)
+def test_sequence_classification(tmp_path, weights_format):
+    # Shorter inputs are padded with a masked tail: same logits.
+    check_text_task(tmp_path, weights_format,
+                    "PerceiverForSequenceClassification",
+                    "PerceiverTextClassifier", short_length=11)
 
 
 @pytest.mark.parametrize(
@@ -157,20 +166,10 @@ def test_config_variants(tmp_path, variant):
 
 @pytest.mark.parametrize("weights_format", FORMATS)
 def test_masked_lm(tmp_path, weights_format):
-    model = build("PerceiverForMaskedLM")
-    directory = save(model, tmp_path, weights_format)
-    inputs = token_inputs(length=24)
-    task = check_parity(model, directory, inputs)
-    assert type(task).__name__ == "PerceiverMaskedLM"
-    # Shorter inputs: the decoder still answers all 24 positions.
-    check_parity(model, directory, token_inputs(length=9, seed=1))
-    # Padded positions included: the task does not mask decoder queries.
-    logits = keras.ops.convert_to_numpy(task(
-        {"inputs": inputs["inputs"].astype("int32"),
-         "padding_mask": inputs["attention_mask"].astype(bool)}
-    ))
-    expected = reference(model, inputs)["logits"]
-    assert_close(logits, expected)
+    # Shorter inputs: the decoder still answers all 24 positions. Padded
+    # positions included: the task does not mask decoder queries.
+    check_text_task(tmp_path, weights_format, "PerceiverForMaskedLM",
+                    "PerceiverMaskedLM", short_length=9)
 
 
 @pytest.mark.parametrize("weights_format", FORMATS)

@@ -34,6 +34,33 @@ HEADS, LATENTS, CHANNELS = 8, 256, 64
 WORKING_SET = 256 * MIB
 
 
+def exported_backbone(tmp_path, length, seed):
+    """`(backbone, x)`: a small `PerceiverBackbone` written as a transformers
+    checkpoint to `tmp_path/hf`, and `length` inputs for it in
+    `tmp_path/x.npz`."""
+    from perceiver_keras import PerceiverBackbone
+    from perceiver_keras.conversion.hf_export import export_transformers
+
+    backbone = PerceiverBackbone(
+        inputs_shape=(None, 8), num_latents=4, latent_dim=16,
+        num_self_attends_per_block=1, num_cross_attend_heads=2,
+    )
+    export_transformers(backbone, tmp_path / "hf")
+    x = np.random.default_rng(seed).normal(size=(1, length, 8)).astype(
+        "float32"
+    )
+    np.savez(tmp_path / "x.npz", inputs=x)
+    return backbone, x
+
+
+def check_saved_outputs(path, backbone, x):
+    """The command line's saved outputs are the backbone's on `x`."""
+    with np.load(path) as saved:
+        expected = keras.ops.convert_to_numpy(backbone({"inputs": x}))
+        np.testing.assert_allclose(saved["last_hidden_state"], expected,
+                                   atol=2e-5)
+
+
 def load_script(name):
     path = ROOT / "conversion" / f"{name}.py"
     module = importlib.util.module_from_spec(
@@ -89,16 +116,7 @@ def test_comparison_that_fits_runs_and_checks_numbers(monkeypatch, capsys):
 def test_failed_comparison_keeps_preset_and_outputs(tmp_path, monkeypatch,
                                                     capsys):
     """The hf command line with a reference that runs out of memory."""
-    from perceiver_keras import PerceiverBackbone
-    from perceiver_keras.conversion.hf_export import export_transformers
-
-    backbone = PerceiverBackbone(
-        inputs_shape=(None, 8), num_latents=4, latent_dim=16,
-        num_self_attends_per_block=1, num_cross_attend_heads=2,
-    )
-    export_transformers(backbone, tmp_path / "hf")
-    x = np.random.default_rng(0).normal(size=(1, 40, 8)).astype("float32")
-    np.savez(tmp_path / "x.npz", inputs=x)
+    backbone, x = exported_backbone(tmp_path, 40, seed=0)
 
     def out_of_memory(directory, inputs):
         raise MemoryError("no room")
@@ -116,10 +134,7 @@ def test_failed_comparison_keeps_preset_and_outputs(tmp_path, monkeypatch,
         capsys.readouterr().out)
     assert convert_hf.main(argv + ["--compare"]) == 1
     assert (tmp_path / "preset" / "config.json").is_file()
-    with np.load(tmp_path / "y.npz") as saved:
-        expected = keras.ops.convert_to_numpy(backbone({"inputs": x}))
-        np.testing.assert_allclose(saved["last_hidden_state"], expected,
-                                   atol=2e-5)
+    check_saved_outputs(tmp_path / "y.npz", backbone, x)
 
 
 def test_hf_command_line_skips_a_comparison_that_would_not_fit(
@@ -129,17 +144,9 @@ def test_hf_command_line_skips_a_comparison_that_would_not_fit(
     with one line, before transformers is imported or run; the preset and
     the outputs are written and the exit status is 0."""
     pytest.importorskip("transformers")
-    from perceiver_keras import PerceiverBackbone
     from perceiver_keras.conversion import hf_reference
-    from perceiver_keras.conversion.hf_export import export_transformers
 
-    backbone = PerceiverBackbone(
-        inputs_shape=(None, 8), num_latents=4, latent_dim=16,
-        num_self_attends_per_block=1, num_cross_attend_heads=2,
-    )
-    export_transformers(backbone, tmp_path / "hf")
-    x = np.random.default_rng(1).normal(size=(1, 300, 8)).astype("float32")
-    np.savez(tmp_path / "x.npz", inputs=x)
+    backbone, x = exported_backbone(tmp_path, 300, seed=1)
 
     def must_not_run(directory, inputs):
         raise AssertionError("transformers ran")
@@ -159,10 +166,7 @@ def test_hf_command_line_skips_a_comparison_that_would_not_fit(
     assert "comparison with transformers skipped: it needs about" in out
     assert "1.0 GiB available" not in out and "0.0 GiB available" in out
     assert (tmp_path / "preset" / "config.json").is_file()
-    with np.load(tmp_path / "y.npz") as saved:
-        expected = keras.ops.convert_to_numpy(backbone({"inputs": x}))
-        np.testing.assert_allclose(saved["last_hidden_state"], expected,
-                                   atol=2e-5)
+    check_saved_outputs(tmp_path / "y.npz", backbone, x)
 
 
 # --- converted models stream ---------------------------------------------------
@@ -200,24 +204,12 @@ def deepmind_source(directory, side):
     from perceiver_keras.conversion import deepmind_image
     from perceiver_keras.conversion.deepmind import save_deepmind_checkpoint
 
-    config = {"kind": "image_fourier", "deepmind_config": {
-        "image_size": side, "num_classes": 10,
-        "input_preprocessor": {
-            "prep_type": "pixels", "spatial_downsample": 1,
-            "position_encoding_type": "fourier",
-            "fourier_position_encoding_kwargs": {
-                "num_bands": 6, "max_resolution": [side, side],
-                "concat_pos": True, "sine_only": False}},
-        "encoder": {
-            "num_blocks": 1, "num_self_attends_per_block": 1,
-            "z_index_dim": LATENTS, "num_z_channels": 64,
-            "qk_channels": 64, "v_channels": 64,
-            "num_cross_attend_heads": HEADS, "num_self_attend_heads": 8},
-        "decoder": {"num_z_channels": 64, "use_query_residual": True,
-                    "position_encoding_type": "trainable",
-                    "trainable_position_encoding_kwargs": {
-                        "num_channels": 64}},
-    }}
+    config = deepmind_image.pixel_fourier_config(side, {
+        "num_blocks": 1, "num_self_attends_per_block": 1,
+        "z_index_dim": LATENTS, "num_z_channels": 64,
+        "qk_channels": 64, "v_channels": 64,
+        "num_cross_attend_heads": HEADS, "num_self_attend_heads": 8,
+    })
     os.makedirs(directory, exist_ok=True)
     save_deepmind_checkpoint(
         deepmind_image.build_task(config["deepmind_config"]), config,

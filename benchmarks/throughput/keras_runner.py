@@ -91,44 +91,69 @@ def checked(row, backend, what):
     return row
 
 
-def keras_inference(job, spec, keras):
-    import numpy as np
+def timed_row(keras, model, record, batch, dtype, policy, load_s, base_rss,
+              **measured):
+    """A row of `time_calls`' `record`: what ran (batch, dtype, policy,
+    execution), `measured` and the peak memory since `base_rss`."""
+    return dict(record, batch=batch, dtype=dtype,
+                policy=policy or "float32", load_s=load_s, **measured,
+                peak_rss=read_status("VmHWM"), base_rss=base_rss,
+                execution=execution_of(model, keras),
+                unbuilt_layers=unbuilt_layers(model))
 
-    backend = keras.backend.backend()
+
+def add_row(rows, job, backend, row, result, expected):
+    """Appends `row`, with `result`'s agreement with transformers'
+    `expected` float32 result where there is one, and its run counts
+    checked."""
+    if expected is not None:
+        compare = (agreement if row["dtype"] == "float32"
+                   else low_precision_agreement)
+        row.update(compare(result, expected), reference="transformers float32")
+    rows.append(checked(
+        row, backend, f"{job['workload']} batch {row['batch']} {row['dtype']}"
+    ))
+
+
+def rows_per_dtype(job, spec, keras, measure):
+    """The rows `measure(rows, model, dtype, policy, load_s)` appends for
+    each dtype of the workload, the model loaded under that dtype's policy
+    and released (session cleared) before the next is loaded."""
     rows = ProgressRows(job)
     for dtype in spec.get("dtypes", ["float32"]):
         policy = keras_dtype(spec, dtype)
         model, load_s = load_keras_model(spec, job["checkpoint"], policy)
+        measure(rows, model, dtype, policy, load_s)
+        model = None
+        keras.backend.clear_session()
+    return rows
+
+
+def keras_inference(job, spec, keras):
+    import numpy as np
+
+    backend = keras.backend.backend()
+
+    def measure(rows, model, dtype, policy, load_s):
         for batch in spec["batches"]:
             x = keras_inputs(spec, batch)
             base_rss = reset_peak_rss()
             logits, record = time_calls(
                 lambda: model.predict_on_batch(x), job["repeats"],
                 job["budget_s"], model=backbone_of(model))
-            row = dict(record, batch=batch, dtype=dtype,
-                       policy=policy or "float32", load_s=load_s,
-                       peak_rss=read_status("VmHWM"), base_rss=base_rss,
-                       execution=execution_of(model, keras),
-                       unbuilt_layers=unbuilt_layers(model))
+            row = timed_row(keras, model, record, batch, dtype, policy,
+                            load_s, base_rss)
             path = reference_path(job, batch)
-            if os.path.exists(path):
-                compare = (agreement if dtype == "float32"
-                           else low_precision_agreement)
-                row.update(compare(logits, np.load(path)),
-                           reference="transformers float32")
-            rows.append(checked(row, backend,
-                                f"{job['workload']} batch {batch} {dtype}"))
-        model = None
-        keras.backend.clear_session()
-    return rows
+            expected = np.load(path) if os.path.exists(path) else None
+            add_row(rows, job, backend, row, logits, expected)
+
+    return rows_per_dtype(job, spec, keras, measure)
 
 
 def keras_training(job, spec, keras):
     backend = keras.backend.backend()
-    rows = ProgressRows(job)
-    for dtype in spec.get("dtypes", ["float32"]):
-        policy = keras_dtype(spec, dtype)
-        model, load_s = load_keras_model(spec, job["checkpoint"], policy)
+
+    def measure(rows, model, dtype, policy, load_s):
         model.compile(
             optimizer=keras.optimizers.Adam(spec["learning_rate"],
                                             epsilon=1e-8),
@@ -149,26 +174,17 @@ def keras_training(job, spec, keras):
             first_loss, record = time_calls(step, job["repeats"],
                                             job["budget_s"],
                                             model=backbone_of(model))
-            row = dict(record, batch=batch, dtype=dtype,
-                       policy=policy or "float32", load_s=load_s,
-                       first_loss=first_loss, last_loss=losses[-1],
-                       steps=len(losses), peak_rss=read_status("VmHWM"),
-                       base_rss=base_rss,
-                       execution=execution_of(model, keras),
-                       unbuilt_layers=unbuilt_layers(model))
+            row = timed_row(keras, model, record, batch, dtype, policy,
+                            load_s, base_rss, first_loss=first_loss,
+                            last_loss=losses[-1], steps=len(losses))
             path = reference_path(job, batch, ".json")
+            expected = None
             if os.path.exists(path):
                 with open(path) as f:
                     expected = json.load(f)["first_loss"]
-                compare = (agreement if dtype == "float32"
-                           else low_precision_agreement)
-                row.update(compare(first_loss, expected),
-                           reference="transformers float32")
-            rows.append(checked(row, backend,
-                                f"{job['workload']} batch {batch} {dtype}"))
-        model = None
-        keras.backend.clear_session()
-    return rows
+            add_row(rows, job, backend, row, first_loss, expected)
+
+    return rows_per_dtype(job, spec, keras, measure)
 
 
 def scaling_reference(job, size):

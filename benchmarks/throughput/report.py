@@ -111,6 +111,27 @@ def dtypes_of(spec):
     return spec.get("dtypes", [FLOAT32])
 
 
+def workloads_of(specs, all_results, kind):
+    """`(name, spec, results)` of the `kind` workloads, in run order."""
+    for name, results in all_results.items():
+        if specs[name]["kind"] == kind:
+            yield name, specs[name], results
+
+
+def workload_table(specs, all_results, kind, header, alignment, cells):
+    """The markdown table of the `kind` workloads: `header`, `alignment`,
+    then `cells(name, spec, batch, dtype, framework, row, reference_row,
+    float32_row)` for every measured row (see `measured_rows`) and a row
+    for every framework that failed."""
+    columns = header.count("|") - 1
+    lines = [header, alignment]
+    for name, spec, results in workloads_of(specs, all_results, kind):
+        for measured in measured_rows(spec, results):
+            lines.append("| " + " | ".join(cells(name, spec, *measured)) + " |")
+        lines += error_rows(results, columns)
+    return "\n".join(lines)
+
+
 def inference_table(specs, all_results, limit):
     header = ("| workload | batch | dtype | framework | execution "
               "| load (s) | warm-up (s) | median (s) | runs "
@@ -118,26 +139,24 @@ def inference_table(specs, all_results, limit):
               "| GFLOP/s | % of limit | peak RSS (MiB) "
               "| max abs diff / scale (vs transformers float32) | agrees "
               "| load avg |")
-    lines = [header, "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:"
-                     "|---:|---:|---:|---:|---|---:|"]
-    for name, results in all_results.items():
-        spec = specs[name]
-        if spec["kind"] != "inference":
-            continue
-        for batch, dtype, framework, row, reference_row, float32_row in (
-                measured_rows(spec, results)):
-            flops = batch * forward_flops(spec)
-            diff, verdict = agreement_cell(row, framework)
-            lines.append("| " + " | ".join([
-                name, str(batch), dtype, framework,
-                execution_cell(framework, row),
-                fmt(row["load_s"], 1),
-                *speed_cells(row, flops, limit, reference_row, float32_row),
-                fmt(row["peak_rss"] / MIB, 0), diff, verdict,
-                fmt(row["load"], 1),
-            ]) + " |")
-        lines += error_rows(results, 17)
-    return "\n".join(lines)
+    alignment = ("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:"
+                 "|---:|---:|---:|---:|---|---:|")
+
+    def cells(name, spec, batch, dtype, framework, row, reference_row,
+              float32_row):
+        flops = batch * forward_flops(spec)
+        diff, verdict = agreement_cell(row, framework)
+        return [
+            name, str(batch), dtype, framework,
+            execution_cell(framework, row),
+            fmt(row["load_s"], 1),
+            *speed_cells(row, flops, limit, reference_row, float32_row),
+            fmt(row["peak_rss"] / MIB, 0), diff, verdict,
+            fmt(row["load"], 1),
+        ]
+
+    return workload_table(specs, all_results, "inference", header, alignment,
+                          cells)
 
 
 def measured_rows(spec, results):
@@ -164,27 +183,25 @@ def training_table(specs, all_results, limit):
               "| GFLOP/s | % of limit | peak RSS (MiB) | first-step loss "
               "| loss diff / scale (vs transformers float32) | agrees "
               "| loss after last step | load avg |")
-    lines = [header, "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:"
-                     "|---:|---:|---:|---:|---|---:|---:|"]
-    for name, results in all_results.items():
-        spec = specs[name]
-        if spec["kind"] != "training":
-            continue
-        for batch, dtype, framework, row, reference_row, float32_row in (
-                measured_rows(spec, results)):
-            flops = training_step_flops(spec, batch)
-            diff, verdict = agreement_cell(row, framework)
-            lines.append("| " + " | ".join([
-                name, str(batch), dtype, framework,
-                execution_cell(framework, row),
-                *speed_cells(row, flops, limit, reference_row, float32_row),
-                fmt(row["peak_rss"] / MIB, 0),
-                fmt(row["first_loss"], 5), diff, verdict,
-                f"{row['last_loss']:.5f} ({row['steps']} steps)",
-                fmt(row["load"], 1),
-            ]) + " |")
-        lines += error_rows(results, 18)
-    return "\n".join(lines)
+    alignment = ("|---|---:|---|---|---|---:|---:|---:|---:|---:|---:"
+                 "|---:|---:|---:|---:|---|---:|---:|")
+
+    def cells(name, spec, batch, dtype, framework, row, reference_row,
+              float32_row):
+        flops = training_step_flops(spec, batch)
+        diff, verdict = agreement_cell(row, framework)
+        return [
+            name, str(batch), dtype, framework,
+            execution_cell(framework, row),
+            *speed_cells(row, flops, limit, reference_row, float32_row),
+            fmt(row["peak_rss"] / MIB, 0),
+            fmt(row["first_loss"], 5), diff, verdict,
+            f"{row['last_loss']:.5f} ({row['steps']} steps)",
+            fmt(row["load"], 1),
+        ]
+
+    return workload_table(specs, all_results, "training", header, alignment,
+                          cells)
 
 
 def scaling_table(spec, results, limit):
@@ -490,10 +507,7 @@ def markdown(meta, specs, all_results):
             "epsilon after the bias correction and torch's before, so "
             "later steps need not agree to the tolerance.", "",
             training_table(specs, all_results, limit), ""]
-    for name, results in all_results.items():
-        spec = specs[name]
-        if spec["kind"] != "scaling":
-            continue
+    for _, spec, results in workloads_of(specs, all_results, "scaling"):
         c = spec["config"]
         parts += [
             "## Encoder scaling with the input length", "",
@@ -510,10 +524,7 @@ def markdown(meta, specs, all_results):
             "memory are not run. Sizes without a transformers output are "
             "checked against another Keras backend.", "",
             scaling_table(spec, results, limit), ""]
-    for name, results in all_results.items():
-        spec = specs[name]
-        if spec["kind"] != "fit":
-            continue
+    for _, spec, results in workloads_of(specs, all_results, "fit"):
         parts += [
             "## Small-model `fit` step time (ours only)", "",
             "`PerceiverClassifier(PerceiverBackbone(**recommended_config("

@@ -1,8 +1,10 @@
 """What the converter command lines share (`conversion/convert_*.py`).
 
-- `add_arguments` / `check_arguments`: `--output`, `--inputs`,
-  `--save-outputs` and, for a converter with a reference implementation to
-  run, `--compare` / `--no-compare`.
+- `parse_arguments` (`add_arguments`, then `check_arguments`): `--output`,
+  `--inputs`, `--save-outputs` and, for a converter with a reference
+  implementation to run, `--compare` / `--no-compare`.
+- `exits_on_errors`: a bad checkpoint, config or path is one line on
+  stderr and exit status 1.
 - `load_inputs` / `save_outputs`: `.npz` files, nested keys joined by `/`.
 - `compare_with_reference`: runs the reference on the same inputs and
   prints max|diff| per output, when asked (`--compare`) or, by default,
@@ -15,8 +17,11 @@ comparison that is skipped, fails or runs out of memory loses nothing.
 """
 
 import argparse
+import functools
 import os
+import pickle
 import resource
+import sys
 
 import numpy as np
 
@@ -51,6 +56,35 @@ def check_arguments(parser, args):
     """Exits with status 2 on inconsistent arguments."""
     if (args.inputs is None) != (args.save_outputs is None):
         parser.error("--inputs and --save-outputs must be given together")
+
+
+def parse_arguments(parser, argv, reference=None):
+    """`argv` parsed by `parser` with the shared arguments added (see
+    `add_arguments`) and checked (exits with status 2 if inconsistent)."""
+    add_arguments(parser, reference)
+    args = parser.parse_args(argv)
+    check_arguments(parser, args)
+    return args
+
+
+# What a bad checkpoint, config or path raises (UnsafeCheckpointError is an
+# UnpicklingError: refused, not run).
+CONVERSION_ERRORS = (OSError, ValueError, KeyError, pickle.UnpicklingError)
+
+
+def exits_on_errors(main):
+    """A converter's `main`, returning 1 with the error on stderr where it
+    raises one of `CONVERSION_ERRORS`."""
+
+    @functools.wraps(main)
+    def guarded(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except CONVERSION_ERRORS as e:
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
+            return 1
+
+    return guarded
 
 
 def unflatten(arrays):

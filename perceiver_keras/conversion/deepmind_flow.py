@@ -67,9 +67,16 @@ def image_adapter_options(preprocessor_config, where="input_preprocessor"):
         project_pos_dim=cfg.get("project_pos_dim", -1),
         position_encoding=position,
     )
+    return with_position_options(options, cfg, where)
+
+
+def with_position_options(options, cfg, where):
+    """`options` (holding `project_pos_dim` and `position_encoding`) with
+    the position encoding's arguments from DeepMind's preprocessor config
+    `cfg`: `project_pos_dim` <= 0 means no projection (None)."""
     if options["project_pos_dim"] <= 0:
         options["project_pos_dim"] = None
-    if position == "fourier":
+    if options["position_encoding"] == "fourier":
         options.update(fourier_options(
             cfg.get("fourier_position_encoding_kwargs", {}), where
         ))

@@ -127,6 +127,28 @@ def image_preprocessor(image_size):
     return PerceiverImageClassifierPreprocessor(image_converter=converter)
 
 
+def pixel_fourier_config(side, encoder, num_classes=10):
+    """A `{kind, deepmind_config}` of an image classifier on raw pixels of
+    `side` x `side` images with 6-band Fourier positions (3 + 26 channels),
+    DeepMind's `encoder` options and a trainable-query decoder as wide as
+    the latents (the long-input benchmark's and tests' checkpoints)."""
+    width = encoder["num_z_channels"]
+    return {"kind": "image_fourier", "deepmind_config": {
+        "image_size": side, "num_classes": num_classes,
+        "input_preprocessor": {
+            "prep_type": "pixels", "spatial_downsample": 1,
+            "position_encoding_type": "fourier",
+            "fourier_position_encoding_kwargs": {
+                "num_bands": 6, "max_resolution": [side, side],
+                "concat_pos": True, "sine_only": False}},
+        "encoder": encoder,
+        "decoder": {"num_z_channels": width, "use_query_residual": True,
+                    "position_encoding_type": "trainable",
+                    "trainable_position_encoding_kwargs": {
+                        "num_channels": width}},
+    }}
+
+
 def build_task(deepmind_config):
     """A `PerceiverImageClassifier` with random weights."""
     cfg = deepmind_config

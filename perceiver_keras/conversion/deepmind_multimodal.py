@@ -18,9 +18,9 @@ from perceiver_keras.conversion.deepmind import backbone_options
 from perceiver_keras.conversion.deepmind import check_keys
 from perceiver_keras.conversion.deepmind import encoder_rows
 from perceiver_keras.conversion.deepmind import require
-from perceiver_keras.conversion.deepmind_flow import TRAINABLE_KEYS
 from perceiver_keras.conversion.deepmind_flow import fourier_options
 from perceiver_keras.conversion.deepmind_flow import image_adapter_options
+from perceiver_keras.conversion.deepmind_flow import with_position_options
 from perceiver_keras.layers.adapters import PerceiverImageAdapter
 from perceiver_keras.layers.multimodal import PerceiverAudioAdapter
 from perceiver_keras.layers.multimodal import PerceiverLabelAdapter
@@ -91,20 +91,9 @@ def _audio_adapter(cfg, where):
         concat_or_add_pos=cfg.get("concat_or_add_pos", "concat"),
         project_pos_dim=cfg.get("project_pos_dim", -1),
     )
-    if options["project_pos_dim"] <= 0:
-        options["project_pos_dim"] = None
-    if position == "fourier":
-        options.update(fourier_options(
-            cfg.get("fourier_position_encoding_kwargs", {}), where
-        ))
-    else:
-        trainable = cfg.get("trainable_position_encoding_kwargs", {})
-        check_keys(trainable, TRAINABLE_KEYS, f"{where} trainable positions")
-        options.update(
-            position_channels=trainable["num_channels"],
-            position_init_scale=trainable.get("init_scale", 0.02),
-        )
-    return PerceiverAudioAdapter(**options, name="audio_adapter")
+    return PerceiverAudioAdapter(
+        **with_position_options(options, cfg, where), name="audio_adapter"
+    )
 
 
 def build_input_adapter(preprocessor_config):

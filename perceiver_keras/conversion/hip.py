@@ -17,6 +17,7 @@ import os
 
 import numpy as np
 
+from perceiver_keras.conversion.common import BlockNaming
 from perceiver_keras.conversion.common import assign_weights
 from perceiver_keras.conversion.common import dense_rows
 from perceiver_keras.conversion.common import layer_norm_rows
@@ -72,39 +73,22 @@ def build_backbone(kind, kwargs):
     return HiPBackbone(**kwargs)
 
 
-def cross_attention_rows(prefix, layer):
-    attention = layer.attention
-    return [
-        *layer_norm_rows(f"{prefix}/layer_norm", layer.query_norm),
-        *layer_norm_rows(f"{prefix}/layer_norm_1", layer.key_value_norm),
-        *dense_rows(f"{prefix}/attention/query_linear", attention.query_dense),
-        *dense_rows(f"{prefix}/attention/key_linear", attention.key_dense),
-        *dense_rows(f"{prefix}/attention/value_linear", attention.value_dense),
-        *dense_rows(f"{prefix}/attention/attention_output_linear",
-                    attention.output_dense),
-        *layer_norm_rows(f"{prefix}/layer_norm_2", layer.mlp_norm),
-        *dense_rows(f"{prefix}/dense/mlp_hidden_linear",
-                    layer.mlp.hidden_dense),
-        *dense_rows(f"{prefix}/dense/mlp_output_linear",
-                    layer.mlp.output_dense),
-    ]
-
-
-def self_attention_rows(prefix, layer):
-    attention = layer.attention
-    return [
-        *layer_norm_rows(f"{prefix}/layer_norm", layer.attention_norm),
-        *dense_rows(f"{prefix}/attention/query_linear", attention.query_dense),
-        *dense_rows(f"{prefix}/attention/key_linear", attention.key_dense),
-        *dense_rows(f"{prefix}/attention/value_linear", attention.value_dense),
-        *dense_rows(f"{prefix}/attention/attention_output_linear",
-                    attention.output_dense),
-        *layer_norm_rows(f"{prefix}/layer_norm_1", layer.mlp_norm),
-        *dense_rows(f"{prefix}/dense/mlp_hidden_linear",
-                    layer.mlp.hidden_dense),
-        *dense_rows(f"{prefix}/dense/mlp_output_linear",
-                    layer.mlp.output_dense),
-    ]
+_HIP_ATTENTION = {
+    "query": "attention/query_linear", "key": "attention/key_linear",
+    "value": "attention/value_linear",
+    "output": "attention/attention_output_linear",
+    "mlp_hidden": "dense/mlp_hidden_linear",
+    "mlp_output": "dense/mlp_output_linear",
+}
+# DeepMind's HiP attention modules.
+HIP_BLOCKS = BlockNaming(
+    cross_names={"query_norm": "layer_norm", "key_value_norm": "layer_norm_1",
+                 "mlp_norm": "layer_norm_2", **_HIP_ATTENTION},
+    self_names={"attention_norm": "layer_norm", "mlp_norm": "layer_norm_1",
+                **_HIP_ATTENTION},
+    dense_rows=dense_rows, norm_rows=layer_norm_rows, separator="/",
+)
+cross_attention_rows = self_attention_rows = HIP_BLOCKS.rows
 
 
 def block_rows(prefix, block):

@@ -150,6 +150,14 @@ def _linear(name, dense):
     return (f"{name}.weight", dense.kernel, transpose)
 
 
+def _attention_rows(prefix, names, attention):
+    """The query, key, value and output projections of a
+    `ResamplerAttention`, as `prefix` + `names` (in that order)."""
+    denses = (attention.query_dense, attention.key_dense,
+              attention.value_dense, attention.output_dense)
+    return [_linear(prefix + name, dense) for name, dense in zip(names, denses)]
+
+
 def idefics_rows(resampler):
     """transformers' `IdeficsPerceiverResampler` names -> weights."""
     rows = [("latents", resampler.latents, None)]
@@ -159,10 +167,8 @@ def idefics_rows(resampler):
         rows += [
             *_norm_rows(f"{a}.context_layer_norm", block.features_norm),
             *_norm_rows(f"{a}.latents_layer_norm", block.latents_norm),
-            _linear(f"{a}.q_proj", attention.query_dense),
-            _linear(f"{a}.k_proj", attention.key_dense),
-            _linear(f"{a}.v_proj", attention.value_dense),
-            _linear(f"{a}.output_proj", attention.output_dense),
+            *_attention_rows(f"{a}.", ("q_proj", "k_proj", "v_proj",
+                                       "output_proj"), attention),
             *_norm_rows(f"{f}.ln", block.mlp_norm),
             _linear(f"{f}.fc", mlp.hidden_dense),
             _linear(f"{f}.c_proj", mlp.output_dense),
@@ -184,10 +190,9 @@ def idefics2_rows(resampler):
         rows += [
             *_norm_rows(f"{p}.input_latents_norm", block.latents_norm),
             *_norm_rows(f"{p}.input_context_norm", block.features_norm),
-            _linear(f"{p}.self_attn.q_proj", attention.query_dense),
-            _linear(f"{p}.self_attn.k_proj", attention.key_dense),
-            _linear(f"{p}.self_attn.v_proj", attention.value_dense),
-            _linear(f"{p}.self_attn.o_proj", attention.output_dense),
+            *_attention_rows(f"{p}.self_attn.", ("q_proj", "k_proj",
+                                                 "v_proj", "o_proj"),
+                             attention),
             *_norm_rows(f"{p}.post_attention_layernorm", block.mlp_norm),
             _linear(f"{p}.mlp.gate_proj", mlp.gate_dense),
             _linear(f"{p}.mlp.up_proj", mlp.hidden_dense),

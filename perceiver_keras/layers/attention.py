@@ -27,6 +27,7 @@ from perceiver_keras.layers.chunked_attention import streaming_attend
 from perceiver_keras.layers.chunked_attention import validate_implementation
 from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.dense import einsum
+from perceiver_keras.layers.utils import ConfigArgumentsMixin
 from perceiver_keras.layers.utils import clone_initializer
 
 
@@ -113,7 +114,7 @@ def attend(q, k, v, mask=None, wipe_fully_masked_rows=True, dropout=None,
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverAttention(keras.layers.Layer):
+class PerceiverAttention(ConfigArgumentsMixin, keras.layers.Layer):
     """Multi-head attention with separate query/key and value channel counts.
 
     Args:
@@ -141,6 +142,13 @@ class PerceiverAttention(keras.layers.Layer):
             before the key and value projections (per chunk when chunked).
     """
 
+    config_arguments = (
+        "num_heads", "qk_channels", "v_channels", "output_channels",
+        "attention_dropout", "wipe_fully_masked_rows", "kernel_initializer",
+        "attention_implementation", "key_value_chunk_size", "remat",
+    )
+    initializer_arguments = ("kernel_initializer",)
+
     def __init__(
         self,
         num_heads=1,
@@ -159,16 +167,7 @@ class PerceiverAttention(keras.layers.Layer):
         validate_implementation(
             attention_implementation, key_value_chunk_size, attention_dropout
         )
-        self.attention_implementation = attention_implementation
-        self.key_value_chunk_size = key_value_chunk_size
-        self.remat = remat
-        self.num_heads = num_heads
-        self.qk_channels = qk_channels
-        self.v_channels = v_channels
-        self.output_channels = output_channels
-        self.attention_dropout = attention_dropout
-        self.wipe_fully_masked_rows = wipe_fully_masked_rows
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self._store_config(locals())
         self.supports_masking = False
 
     def _dense(self, units, name):
@@ -359,23 +358,3 @@ class PerceiverAttention(keras.layers.Layer):
     def compute_output_shape(self, query_shape, key_value_shape=None):
         channels = self.output_channels or query_shape[-1]
         return tuple(query_shape[:-1]) + (channels,)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "qk_channels": self.qk_channels,
-                "v_channels": self.v_channels,
-                "output_channels": self.output_channels,
-                "attention_dropout": self.attention_dropout,
-                "wipe_fully_masked_rows": self.wipe_fully_masked_rows,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "attention_implementation": self.attention_implementation,
-                "key_value_chunk_size": self.key_value_chunk_size,
-                "remat": self.remat,
-            }
-        )
-        return config

@@ -15,14 +15,20 @@ from perceiver_keras.layers.attention import PerceiverAttention
 from perceiver_keras.layers.attention import attention_weights_spec
 from perceiver_keras.layers.chunked_attention import validate_implementation
 from perceiver_keras.layers.dense import PerceiverDense
+from perceiver_keras.layers.utils import ConfigArgumentsMixin
 from perceiver_keras.layers.utils import clone_initializer
 from perceiver_keras.layers.utils import gelu
 from perceiver_keras.layers.utils import layer_norm
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverMLP(keras.layers.Layer):
+class PerceiverMLP(ConfigArgumentsMixin, keras.layers.Layer):
     """Dense(widening_factor * C) -> GELU -> Dense(C)."""
+
+    config_arguments = (
+        "widening_factor", "gelu_approximate", "kernel_initializer",
+    )
+    initializer_arguments = ("kernel_initializer",)
 
     def __init__(
         self,
@@ -32,9 +38,7 @@ class PerceiverMLP(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.widening_factor = widening_factor
-        self.gelu_approximate = gelu_approximate
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self._store_config(locals())
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -63,26 +67,29 @@ class PerceiverMLP(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "widening_factor": self.widening_factor,
-                "gelu_approximate": self.gelu_approximate,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-            }
-        )
-        return config
+
+# The attention options a block hands on to its `PerceiverAttention`.
+ATTENTION_OPTIONS = (
+    "num_heads", "qk_channels", "v_channels", "attention_dropout",
+    "wipe_fully_masked_rows", "attention_implementation",
+    "key_value_chunk_size", "remat",
+)
 
 
-class _Block(keras.layers.Layer):
+class _Block(ConfigArgumentsMixin, keras.layers.Layer):
     """What both blocks share: attention options, MLP, dropout, config.
 
     `attention_implementation`, `key_value_chunk_size`: see
     `PerceiverAttention`. `remat`: gradient checkpointing (see above).
     """
+
+    config_arguments = (
+        "num_heads", "qk_channels", "v_channels", "widening_factor",
+        "dropout", "attention_dropout", "gelu_approximate",
+        "wipe_fully_masked_rows", "kernel_initializer",
+        "attention_implementation", "key_value_chunk_size", "remat",
+    )
+    initializer_arguments = ("kernel_initializer",)
 
     def __init__(
         self,
@@ -111,30 +118,12 @@ class _Block(keras.layers.Layer):
         validate_implementation(
             attention_implementation, key_value_chunk_size, attention_dropout
         )
-        self.attention_implementation = attention_implementation
-        self.key_value_chunk_size = key_value_chunk_size
-        self.remat = remat
-        self.num_heads = num_heads
-        self.qk_channels = qk_channels
-        self.v_channels = v_channels
-        self.widening_factor = widening_factor
-        self.dropout = dropout
-        self.attention_dropout = attention_dropout
-        self.gelu_approximate = gelu_approximate
-        self.wipe_fully_masked_rows = wipe_fully_masked_rows
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self._store_config(locals())
 
     def _build_attention_and_mlp(self, query_shape, key_value_shape):
         self.attention = PerceiverAttention(
-            num_heads=self.num_heads,
-            qk_channels=self.qk_channels,
-            v_channels=self.v_channels,
-            attention_dropout=self.attention_dropout,
-            wipe_fully_masked_rows=self.wipe_fully_masked_rows,
+            **{name: getattr(self, name) for name in ATTENTION_OPTIONS},
             kernel_initializer=clone_initializer(self.kernel_initializer),
-            attention_implementation=self.attention_implementation,
-            key_value_chunk_size=self.key_value_chunk_size,
-            remat=self.remat,
             dtype=self.dtype_policy,
             name="attention",
         )
@@ -171,28 +160,6 @@ class _Block(keras.layers.Layer):
 
     def compute_output_shape(self, query_shape, *args, **kwargs):
         return query_shape
-
-    def get_config(self):
-        config = super().get_config()
-        config.update(
-            {
-                "num_heads": self.num_heads,
-                "qk_channels": self.qk_channels,
-                "v_channels": self.v_channels,
-                "widening_factor": self.widening_factor,
-                "dropout": self.dropout,
-                "attention_dropout": self.attention_dropout,
-                "gelu_approximate": self.gelu_approximate,
-                "wipe_fully_masked_rows": self.wipe_fully_masked_rows,
-                "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
-                ),
-                "attention_implementation": self.attention_implementation,
-                "key_value_chunk_size": self.key_value_chunk_size,
-                "remat": self.remat,
-            }
-        )
-        return config
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")

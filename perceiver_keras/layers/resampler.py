@@ -31,6 +31,7 @@ from keras import ops
 
 from perceiver_keras.layers.attention import attend
 from perceiver_keras.layers.attention import attention_mask_from
+from perceiver_keras.layers.utils import ConfigArgumentsMixin
 from perceiver_keras.layers.utils import clone_initializer
 
 RESAMPLER_VARIANTS = {
@@ -60,6 +61,12 @@ RESAMPLER_VARIANTS = {
 }
 
 NORMS = ("layer_norm", "rms_norm")
+
+# The options a `PerceiverResampler` hands on to each of its blocks as given.
+BLOCK_OPTIONS = (
+    "num_key_value_heads", "norm", "norm_epsilon", "qk_norm",
+    "qk_norm_epsilon", "mlp_activation", "gated_mlp",
+)
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
@@ -102,6 +109,15 @@ def check_key_value_heads(num_heads, num_key_value_heads):
         )
 
 
+def bias_free_dense(layer, units, name):
+    """A bias-free Dense under `layer`'s dtype policy, with a fresh copy of
+    its `kernel_initializer` (every projection of the resampler)."""
+    return keras.layers.Dense(
+        units, use_bias=False, dtype=layer.dtype_policy, name=name,
+        kernel_initializer=clone_initializer(layer.kernel_initializer),
+    )
+
+
 def make_norm(kind, epsilon, dtype, name):
     if kind == "rms_norm":
         return RMSNorm(epsilon=epsilon, dtype=dtype, name=name)
@@ -111,7 +127,7 @@ def make_norm(kind, epsilon, dtype, name):
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class ResamplerAttention(keras.layers.Layer):
+class ResamplerAttention(ConfigArgumentsMixin, keras.layers.Layer):
     """Latents attend to `[features; latents]`, bias-free projections.
 
     Args:
@@ -128,6 +144,12 @@ class ResamplerAttention(keras.layers.Layer):
         (normalised). feature_mask: optional bool `[B, M]`, True = real.
     """
 
+    config_arguments = (
+        "num_heads", "head_dim", "num_key_value_heads", "qk_norm",
+        "qk_norm_epsilon", "kernel_initializer",
+    )
+    initializer_arguments = ("kernel_initializer",)
+
     def __init__(
         self,
         num_heads,
@@ -141,27 +163,16 @@ class ResamplerAttention(keras.layers.Layer):
         super().__init__(**kwargs)
         num_key_value_heads = num_key_value_heads or num_heads
         check_key_value_heads(num_heads, num_key_value_heads)
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.num_key_value_heads = num_key_value_heads
-        self.qk_norm = qk_norm
-        self.qk_norm_epsilon = qk_norm_epsilon
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-
-    def _dense(self, units, name):
-        return keras.layers.Dense(
-            units, use_bias=False, dtype=self.dtype_policy, name=name,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-        )
+        self._store_config(locals())
 
     def build(self, latents_shape, features_shape=None):
         width = latents_shape[-1]
         inner = self.num_heads * self.head_dim
         kv_inner = self.num_key_value_heads * self.head_dim
-        self.query_dense = self._dense(inner, "query")
-        self.key_dense = self._dense(kv_inner, "key")
-        self.value_dense = self._dense(kv_inner, "value")
-        self.output_dense = self._dense(width, "output")
+        self.query_dense = bias_free_dense(self, inner, "query")
+        self.key_dense = bias_free_dense(self, kv_inner, "key")
+        self.value_dense = bias_free_dense(self, kv_inner, "value")
+        self.output_dense = bias_free_dense(self, width, "output")
         for dense in (self.query_dense, self.key_dense, self.value_dense):
             dense.build((None, None, width))
         self.output_dense.build((None, None, inner))
@@ -219,25 +230,16 @@ class ResamplerAttention(keras.layers.Layer):
     def compute_output_shape(self, latents_shape, features_shape=None):
         return latents_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "num_key_value_heads": self.num_key_value_heads,
-            "qk_norm": self.qk_norm,
-            "qk_norm_epsilon": self.qk_norm_epsilon,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-        })
-        return config
-
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class ResamplerMLP(keras.layers.Layer):
+class ResamplerMLP(ConfigArgumentsMixin, keras.layers.Layer):
     """Bias-free MLP: `out(act(hidden(x)))`, or gated
     `out(act(gate(x)) * hidden(x))` (Idefics2's `gate_proj`/`up_proj`)."""
+
+    config_arguments = (
+        "intermediate_dim", "activation", "gated", "kernel_initializer",
+    )
+    initializer_arguments = ("kernel_initializer",)
 
     def __init__(
         self,
@@ -248,26 +250,21 @@ class ResamplerMLP(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.intermediate_dim = intermediate_dim
-        self.activation = activation
+        self._store_config(locals())
         self.activation_fn = keras.activations.get(activation)
-        self.gated = gated
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
-
-    def _dense(self, units, name):
-        return keras.layers.Dense(
-            units, use_bias=False, dtype=self.dtype_policy, name=name,
-            kernel_initializer=clone_initializer(self.kernel_initializer),
-        )
 
     def build(self, input_shape):
         width = input_shape[-1]
-        self.hidden_dense = self._dense(self.intermediate_dim, "hidden")
+        self.hidden_dense = bias_free_dense(
+            self, self.intermediate_dim, "hidden"
+        )
         self.hidden_dense.build((None, None, width))
         if self.gated:
-            self.gate_dense = self._dense(self.intermediate_dim, "gate")
+            self.gate_dense = bias_free_dense(
+                self, self.intermediate_dim, "gate"
+            )
             self.gate_dense.build((None, None, width))
-        self.output_dense = self._dense(width, "output")
+        self.output_dense = bias_free_dense(self, width, "output")
         self.output_dense.build((None, None, self.intermediate_dim))
         self.built = True
 
@@ -281,22 +278,16 @@ class ResamplerMLP(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         return input_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "intermediate_dim": self.intermediate_dim,
-            "activation": self.activation,
-            "gated": self.gated,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-        })
-        return config
-
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverResamplerBlock(keras.layers.Layer):
+class PerceiverResamplerBlock(ConfigArgumentsMixin, keras.layers.Layer):
     """One resampler block: pre-norm cross-attention, then pre-norm MLP."""
+
+    config_arguments = (
+        "num_heads", "head_dim", "intermediate_dim", *BLOCK_OPTIONS,
+        "kernel_initializer",
+    )
+    initializer_arguments = ("kernel_initializer",)
 
     def __init__(
         self,
@@ -314,17 +305,7 @@ class PerceiverResamplerBlock(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.intermediate_dim = intermediate_dim
-        self.num_key_value_heads = num_key_value_heads
-        self.norm = norm
-        self.norm_epsilon = norm_epsilon
-        self.qk_norm = qk_norm
-        self.qk_norm_epsilon = qk_norm_epsilon
-        self.mlp_activation = mlp_activation
-        self.gated_mlp = gated_mlp
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self._store_config(locals())
 
     def build(self, latents_shape, features_shape=None):
         def norm(name):
@@ -369,28 +350,9 @@ class PerceiverResamplerBlock(keras.layers.Layer):
     def compute_output_shape(self, latents_shape, features_shape=None):
         return latents_shape
 
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "intermediate_dim": self.intermediate_dim,
-            "num_key_value_heads": self.num_key_value_heads,
-            "norm": self.norm,
-            "norm_epsilon": self.norm_epsilon,
-            "qk_norm": self.qk_norm,
-            "qk_norm_epsilon": self.qk_norm_epsilon,
-            "mlp_activation": self.mlp_activation,
-            "gated_mlp": self.gated_mlp,
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-        })
-        return config
-
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverResampler(keras.layers.Layer):
+class PerceiverResampler(ConfigArgumentsMixin, keras.layers.Layer):
     """`num_latents` learned latents resample a feature set of any size.
 
     Args:
@@ -426,6 +388,13 @@ class PerceiverResampler(keras.layers.Layer):
         `[B, N, C]`, or `[B, T, N, C]` for media input.
     """
 
+    config_arguments = (
+        "num_latents", "num_layers", "num_heads", "head_dim",
+        "intermediate_dim", *BLOCK_OPTIONS, "max_num_media",
+        "max_num_frames", "latents_initializer", "kernel_initializer",
+    )
+    initializer_arguments = ("latents_initializer", "kernel_initializer")
+
     def __init__(
         self,
         num_latents,
@@ -460,23 +429,8 @@ class PerceiverResampler(keras.layers.Layer):
                     f"`{name}` must be a positive integer. Received: "
                     f"{name}={value!r}."
                 )
-        self.num_latents = num_latents
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.num_key_value_heads = num_key_value_heads
-        self.intermediate_dim = intermediate_dim
-        self.norm = norm
-        self.norm_epsilon = norm_epsilon
-        self.qk_norm = qk_norm
-        self.qk_norm_epsilon = qk_norm_epsilon
-        self.mlp_activation = mlp_activation
-        self.gated_mlp = gated_mlp
-        self.max_num_media = max_num_media
-        self.max_num_frames = max_num_frames
-        self.latents_initializer = keras.initializers.get(latents_initializer)
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         check_key_value_heads(num_heads, num_key_value_heads or num_heads)
+        self._store_config(locals())
 
     @classmethod
     def from_variant(cls, variant, **kwargs):
@@ -519,10 +473,7 @@ class PerceiverResampler(keras.layers.Layer):
             block = PerceiverResamplerBlock(
                 self.num_heads, self.head_dim,
                 self.intermediate_dim or 4 * width,
-                num_key_value_heads=self.num_key_value_heads,
-                norm=self.norm, norm_epsilon=self.norm_epsilon,
-                qk_norm=self.qk_norm, qk_norm_epsilon=self.qk_norm_epsilon,
-                mlp_activation=self.mlp_activation, gated_mlp=self.gated_mlp,
+                **{name: getattr(self, name) for name in BLOCK_OPTIONS},
                 kernel_initializer=clone_initializer(self.kernel_initializer),
                 dtype=self.dtype_policy, name=f"block_{i}",
             )
@@ -597,29 +548,3 @@ class PerceiverResampler(keras.layers.Layer):
                 features_shape[-1],
             )
         return (features_shape[0], self.num_latents, features_shape[-1])
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "num_latents": self.num_latents,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "num_key_value_heads": self.num_key_value_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "norm": self.norm,
-            "norm_epsilon": self.norm_epsilon,
-            "qk_norm": self.qk_norm,
-            "qk_norm_epsilon": self.qk_norm_epsilon,
-            "mlp_activation": self.mlp_activation,
-            "gated_mlp": self.gated_mlp,
-            "max_num_media": self.max_num_media,
-            "max_num_frames": self.max_num_frames,
-            "latents_initializer": keras.initializers.serialize(
-                self.latents_initializer
-            ),
-            "kernel_initializer": keras.initializers.serialize(
-                self.kernel_initializer
-            ),
-        })
-        return config

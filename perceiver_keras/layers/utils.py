@@ -57,3 +57,34 @@ def check_rate(name, value):
         raise ValueError(
             f"`{name}` must be a rate in [0, 1). Received: {name}={value!r}."
         )
+
+
+class ConfigArgumentsMixin:
+    """A layer or model whose config is the constructor arguments named in
+    `config_arguments`: `__init__` ends with `self._store_config(locals())`
+    and `get_config` returns them, serialized where they are layers,
+    initializers or activations. Those in `initializer_arguments` are
+    resolved with `keras.initializers.get` when stored."""
+
+    config_arguments = ()
+    initializer_arguments = ()
+
+    def _store_config(self, arguments):
+        for name in self.config_arguments:
+            value = arguments[name]
+            if name in self.initializer_arguments:
+                value = keras.initializers.get(value)
+            setattr(self, name, value)
+
+    def get_config(self):
+        config = super().get_config()
+        for name in self.config_arguments:
+            value = getattr(self, name)
+            if isinstance(value, keras.layers.Layer):
+                value = keras.layers.serialize(value)
+            elif isinstance(value, keras.initializers.Initializer):
+                value = keras.initializers.serialize(value)
+            elif callable(value):  # an activation
+                value = keras.activations.serialize(value)
+            config[name] = value
+        return config

@@ -182,3 +182,15 @@ class ValidatedInputsMixin:
     def predict_on_batch(self, x, *args, **kwargs):
         self.validate_data(x)
         return super().predict_on_batch(x, *args, **kwargs)
+
+
+def check_input_adapter(backbone, adapter_cls, reads):
+    """A `ValueError` unless `backbone` reads `reads` (e.g. "token ids")
+    through an `adapter_cls` (a task that only works on that input kind)."""
+    adapter = backbone.input_adapter
+    if not isinstance(adapter, adapter_cls):
+        raise ValueError(
+            f"`backbone` must read {reads} through a "
+            f"`{adapter_cls.__name__}`. Received a backbone with "
+            f"input_adapter={type(adapter).__name__}."
+        )

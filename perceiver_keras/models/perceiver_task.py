@@ -12,6 +12,7 @@ import numpy as np
 from keras_hub.models import Task
 
 from perceiver_keras.layers.decoders import PerceiverQueryDecoder
+from perceiver_keras.layers.utils import ConfigArgumentsMixin
 from perceiver_keras.models import presets
 from perceiver_keras.models.export import ExportMixin
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
@@ -113,7 +114,8 @@ def query_decoder(backbone, arguments, cls=PerceiverQueryDecoder, **options):
     )
 
 
-class PerceiverTask(ExportMixin, ValidatedInputsMixin, Task):
+class PerceiverTask(ConfigArgumentsMixin, ExportMixin, ValidatedInputsMixin,
+                    Task):
     """Base of the Perceiver tasks (not used directly).
 
     A task declares, instead of re-typing them:
@@ -151,21 +153,6 @@ class PerceiverTask(ExportMixin, ValidatedInputsMixin, Task):
             weighted_metrics = self.default_weighted_metrics()
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics,
                         weighted_metrics=weighted_metrics, **kwargs)
-
-    def _store_config(self, arguments):
-        for name in self.config_arguments:
-            setattr(self, name, arguments[name])
-
-    def get_config(self):
-        config = super().get_config()
-        for name in self.config_arguments:
-            value = getattr(self, name)
-            if isinstance(value, keras.layers.Layer):
-                value = keras.layers.serialize(value)
-            elif callable(value):  # an activation
-                value = keras.activations.serialize(value)
-            config[name] = value
-        return config
 
     def __setattr__(self, name, value):
         # Keras' `Layer.__setattr__` tracks the assigned value before the

@@ -11,14 +11,14 @@ nor JAX is needed.
 """
 
 import collections
-import errno
 import keyword
 import os
-import pickle
 
 from perceiver_keras.utils.deepmind_checkpoint import _ALLOWED
 from perceiver_keras.utils.deepmind_checkpoint import UnsafeCheckpointError
+from perceiver_keras.utils.deepmind_checkpoint import _CheckpointUnpickler
 from perceiver_keras.utils.deepmind_checkpoint import _flatten
+from perceiver_keras.utils.deepmind_checkpoint import _unpickle
 
 __all__ = ["load_perceiver_ar_checkpoint"]
 
@@ -56,25 +56,12 @@ _AR_ALLOWED = dict(_ALLOWED)
 _AR_ALLOWED[("dill._dill", "_create_namedtuple")] = _create_namedtuple
 
 
-class _DillUnpickler(pickle.Unpickler):
-    def __init__(self, file, path):
-        super().__init__(file)
-        self._path = path
-
-    def find_class(self, module, name):
-        try:
-            return _AR_ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafeCheckpointError(
-                f"refusing to load {module}.{name} from {self._path}: a "
-                f"Perceiver AR checkpoint holds only numpy arrays, plain "
-                f"containers and dill's by-value namedtuples"
-            ) from None
-
-    def persistent_load(self, pid):
-        raise UnsafeCheckpointError(
-            f"refusing persistent id {pid!r} in {self._path}"
-        )
+class _DillUnpickler(_CheckpointUnpickler):
+    allowed = _AR_ALLOWED
+    holds = (
+        "a Perceiver AR checkpoint holds only numpy arrays, plain containers "
+        "and dill's by-value namedtuples"
+    )
 
 
 def load_perceiver_ar_checkpoint(path):
@@ -91,21 +78,7 @@ def load_perceiver_ar_checkpoint(path):
         ValueError (not the experiment's checkpoint layout).
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            errno.ENOENT, "Perceiver AR checkpoint not found", path
-        )
-    with open(path, "rb") as f:
-        try:
-            tree = _DillUnpickler(f, path).load()
-        except UnsafeCheckpointError:
-            raise
-        except (pickle.UnpicklingError, EOFError, TypeError, ValueError,
-                AttributeError, KeyError, IndexError) as e:
-            raise pickle.UnpicklingError(
-                f"{path} is not a readable checkpoint pickle: "
-                f"{type(e).__name__}: {e}"
-            ) from e
+    tree = _unpickle(path, _DillUnpickler, "Perceiver AR checkpoint")
     if not isinstance(tree, dict) or "params" not in tree:
         found = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
         raise ValueError(

@@ -90,7 +90,14 @@ _ALLOWED = {
 
 
 class _CheckpointUnpickler(pickle.Unpickler):
-    """Unpickler that resolves only the globals in ``_ALLOWED``."""
+    """Unpickler that resolves only the globals in ``allowed``; a refusal
+    says what the checkpoint kind may hold (``holds``). The other readers
+    subclass it with their own allow-lists."""
+
+    allowed = _ALLOWED
+    holds = (
+        "a DeepMind checkpoint holds only numpy arrays in Haiku FlatMappings"
+    )
 
     def __init__(self, file, path):
         super().__init__(file)
@@ -98,12 +105,11 @@ class _CheckpointUnpickler(pickle.Unpickler):
 
     def find_class(self, module, name):
         try:
-            return _ALLOWED[(module, name)]
+            return self.allowed[(module, name)]
         except KeyError:
             raise UnsafeCheckpointError(
-                f"refusing to load {module}.{name} from {self._path}: a "
-                f"DeepMind checkpoint holds only numpy arrays in Haiku "
-                f"FlatMappings"
+                f"refusing to load {module}.{name} from {self._path}: "
+                f"{self.holds}"
             ) from None
 
     def persistent_load(self, pid):
@@ -152,6 +158,34 @@ def _flatten(tree, path, what):
     return flat
 
 
+def _unpickle(path, unpickler, what):
+    """`path` read by `unpickler` (a `_CheckpointUnpickler`), `what` (e.g.
+    "DeepMind checkpoint") named if the file is missing."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, f"{what} not found", path)
+    with open(path, "rb") as f:
+        try:
+            return unpickler(f, path).load()
+        except UnsafeCheckpointError:
+            raise
+        except (
+            pickle.UnpicklingError,
+            EOFError,
+            TypeError,
+            ValueError,
+            AttributeError,
+            KeyError,
+            IndexError,
+        ) as e:
+            # Corrupt or truncated data surfaces as assorted errors from the
+            # unpickler or numpy; name the file so the cause is findable.
+            raise pickle.UnpicklingError(
+                f"{path} is not a readable checkpoint pickle: "
+                f"{type(e).__name__}: {e}"
+            ) from e
+
+
 def load_deepmind_checkpoint(path):
     """Read a DeepMind Perceiver IO checkpoint without running its code.
 
@@ -171,30 +205,7 @@ def load_deepmind_checkpoint(path):
         ValueError: the pickle is not a mapping of mappings of arrays.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(
-            errno.ENOENT, "DeepMind checkpoint not found", path
-        )
-    with open(path, "rb") as f:
-        try:
-            tree = _CheckpointUnpickler(f, path).load()
-        except UnsafeCheckpointError:
-            raise
-        except (
-            pickle.UnpicklingError,
-            EOFError,
-            TypeError,
-            ValueError,
-            AttributeError,
-            KeyError,
-            IndexError,
-        ) as e:
-            # Corrupt or truncated data surfaces as assorted errors from the
-            # unpickler or numpy; name the file so the cause is findable.
-            raise pickle.UnpicklingError(
-                f"{path} is not a readable checkpoint pickle: "
-                f"{type(e).__name__}: {e}"
-            ) from e
+    tree = _unpickle(path, _CheckpointUnpickler, "DeepMind checkpoint")
 
     # The ImageNet .pystate files wrap Haiku's (params, state) pair in a dict.
     if isinstance(tree, dict) and set(tree) in ({"params", "state"}, {"params"}):

@@ -27,6 +27,7 @@ import zipfile
 import numpy as np
 
 from perceiver_keras.utils.deepmind_checkpoint import UnsafeCheckpointError
+from perceiver_keras.utils.deepmind_checkpoint import _CheckpointUnpickler
 
 __all__ = [
     "UnsafeCheckpointError",
@@ -225,24 +226,17 @@ _TORCH_ALLOWED = {
 }
 
 
-class _TorchUnpickler(pickle.Unpickler):
+class _TorchUnpickler(_CheckpointUnpickler):
     """Resolves only `_TORCH_ALLOWED`; storages come from the zip archive."""
 
+    allowed = _TORCH_ALLOWED
+    holds = "a transformers checkpoint holds only tensors in a dict"
+
     def __init__(self, file, archive, prefix, path):
-        super().__init__(file)
+        super().__init__(file, path)
         self._archive = archive
         self._prefix = prefix
-        self._path = path
         self._storages = {}
-
-    def find_class(self, module, name):
-        try:
-            return _TORCH_ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafeCheckpointError(
-                f"refusing to load {module}.{name} from {self._path}: a "
-                "transformers checkpoint holds only tensors in a dict"
-            ) from None
 
     def persistent_load(self, pid):
         # ("storage", storage class, key, location, number of elements)

@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
+from perceiver_keras.models.input_validation import check_input_adapter
 from perceiver_keras.models.perceiver_io.perceiver_backbone import PerceiverBackbone
 from perceiver_keras.models.perceiver_io.perceiver_masked_lm_preprocessor import (
     PerceiverMaskedLMPreprocessor,
@@ -109,13 +110,8 @@ class PerceiverMaskedLM(PerceiverTask):
         preprocessor=None,
         **kwargs,
     ):
+        check_input_adapter(backbone, PerceiverTokenAdapter, "token ids")
         adapter = backbone.input_adapter
-        if not isinstance(adapter, PerceiverTokenAdapter):
-            raise ValueError(
-                "`backbone` must read token ids through a "
-                "`PerceiverTokenAdapter`. Received a backbone with "
-                f"input_adapter={type(adapter).__name__}."
-            )
         # === Layers ===
         self.backbone = backbone
         self.preprocessor = preprocessor

@@ -304,20 +304,17 @@ def _check_inputs_shape(inputs_shape):
 
 def _check_parts(backbone, input_adapter, decoder_queries, inputs_shape):
     """The adapter, backbone and queries must fit together and the inputs."""
-    if not isinstance(input_adapter, PerceiverMultimodalAdapter) or set(
-        input_adapter.modalities
-    ) != set(MODALITIES):
-        raise ValueError(
-            "`input_adapter` must be a PerceiverMultimodalAdapter with "
-            f"modalities {list(MODALITIES)}. Received: {input_adapter!r}."
-        )
-    if not isinstance(decoder_queries, PerceiverMultimodalQueries) or set(
-        decoder_queries.modalities
-    ) != set(MODALITIES):
-        raise ValueError(
-            "`decoder_queries` must be a PerceiverMultimodalQueries with "
-            f"modalities {list(MODALITIES)}. Received: {decoder_queries!r}."
-        )
+    for name, part, cls in (
+        ("input_adapter", input_adapter, PerceiverMultimodalAdapter),
+        ("decoder_queries", decoder_queries, PerceiverMultimodalQueries),
+    ):
+        if not isinstance(part, cls) or set(part.modalities) != set(
+            MODALITIES
+        ):
+            raise ValueError(
+                f"`{name}` must be a {cls.__name__} with modalities "
+                f"{list(MODALITIES)}. Received: {part!r}."
+            )
     tokens = input_adapter.compute_output_shape(
         {name: (None, *shape) for name, shape in inputs_shape.items()}
     )[1:]

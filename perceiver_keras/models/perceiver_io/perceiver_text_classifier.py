@@ -3,6 +3,7 @@
 import keras
 
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
+from perceiver_keras.models.input_validation import check_input_adapter
 from perceiver_keras.models.perceiver_io.perceiver_classifier import PerceiverClassifier
 from perceiver_keras.models.perceiver_io.perceiver_text_preprocessor import (
     PerceiverTextPreprocessor,
@@ -45,13 +46,7 @@ class PerceiverTextClassifier(PerceiverClassifier):
     preprocessor_cls = PerceiverTextPreprocessor
 
     def __init__(self, backbone, num_classes, **kwargs):
-        adapter = backbone.input_adapter
-        if not isinstance(adapter, PerceiverTokenAdapter):
-            raise ValueError(
-                "`backbone` must read token ids through a "
-                "`PerceiverTokenAdapter`. Received a backbone with "
-                f"input_adapter={type(adapter).__name__}."
-            )
+        check_input_adapter(backbone, PerceiverTokenAdapter, "token ids")
         preprocessor = kwargs.get("preprocessor")
         if isinstance(preprocessor, PerceiverTextPreprocessor):
             preprocessor.sequence_length = backbone.inputs_shape[0]

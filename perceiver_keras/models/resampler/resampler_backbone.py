@@ -4,6 +4,7 @@ import keras
 from keras_hub.models import Backbone
 
 from perceiver_keras.layers.resampler import PerceiverResampler
+from perceiver_keras.layers.utils import ConfigArgumentsMixin
 from perceiver_keras.models.attention_maps import attention_names_from
 from perceiver_keras.models.attention_maps import compute_attention_maps
 from perceiver_keras.models.input_validation import ValidatedInputsMixin
@@ -15,8 +16,8 @@ from perceiver_keras.models.layout_map import LayoutMapMixin
 
 
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverResamplerBackbone(ValidatedInputsMixin, LayoutMapMixin,
-                                 Backbone):
+class PerceiverResamplerBackbone(ConfigArgumentsMixin, ValidatedInputsMixin,
+                                 LayoutMapMixin, Backbone):
     """A `PerceiverResampler` over a set of `feature_dim`-wide features.
 
     Args:
@@ -46,6 +47,15 @@ class PerceiverResamplerBackbone(ValidatedInputsMixin, LayoutMapMixin,
             "resampler/latents", "input_projection/kernel",
         ),
     )
+
+    # The resampler's arguments the backbone takes and hands on as given.
+    resampler_arguments = (
+        "num_latents", "num_layers", "num_heads", "head_dim",
+        "num_key_value_heads", "intermediate_dim", "norm", "norm_epsilon",
+        "qk_norm", "qk_norm_epsilon", "mlp_activation", "gated_mlp",
+        "max_num_media", "max_num_frames", "latents_initializer",
+    )
+    config_arguments = ("feature_dim", "hidden_dim", *resampler_arguments)
 
     def __init__(
         self,
@@ -80,16 +90,9 @@ class PerceiverResamplerBackbone(ValidatedInputsMixin, LayoutMapMixin,
             self.input_projection = keras.layers.Dense(
                 hidden_dim, dtype=dtype, name="input_projection"
             )
+        arguments = locals()
         self.resampler = PerceiverResampler(
-            num_latents=num_latents, num_layers=num_layers,
-            num_heads=num_heads, head_dim=head_dim,
-            num_key_value_heads=num_key_value_heads,
-            intermediate_dim=intermediate_dim, norm=norm,
-            norm_epsilon=norm_epsilon, qk_norm=qk_norm,
-            qk_norm_epsilon=qk_norm_epsilon, mlp_activation=mlp_activation,
-            gated_mlp=gated_mlp, max_num_media=max_num_media,
-            max_num_frames=max_num_frames,
-            latents_initializer=latents_initializer,
+            **{name: arguments[name] for name in self.resampler_arguments},
             dtype=dtype, name="resampler",
         )
 
@@ -108,24 +111,8 @@ class PerceiverResamplerBackbone(ValidatedInputsMixin, LayoutMapMixin,
         )
 
         # === Config ===
-        self.feature_dim = feature_dim
+        self._store_config(arguments)
         self.inputs_shape = (None, feature_dim)
-        self.num_latents = num_latents
-        self.num_layers = num_layers
-        self.num_heads = num_heads
-        self.head_dim = head_dim
-        self.hidden_dim = hidden_dim
-        self.num_key_value_heads = num_key_value_heads
-        self.intermediate_dim = intermediate_dim
-        self.norm = norm
-        self.norm_epsilon = norm_epsilon
-        self.qk_norm = qk_norm
-        self.qk_norm_epsilon = qk_norm_epsilon
-        self.mlp_activation = mlp_activation
-        self.gated_mlp = gated_mlp
-        self.max_num_media = max_num_media
-        self.max_num_frames = max_num_frames
-        self.latents_initializer = latents_initializer
 
     @property
     def attention_layer_names(self):
@@ -172,26 +159,3 @@ class PerceiverResamplerBackbone(ValidatedInputsMixin, LayoutMapMixin,
         if config is not None:
             return cls(**{**config, **kwargs})
         return super().from_preset(preset, load_weights=load_weights, **kwargs)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({
-            "feature_dim": self.feature_dim,
-            "num_latents": self.num_latents,
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "hidden_dim": self.hidden_dim,
-            "num_key_value_heads": self.num_key_value_heads,
-            "intermediate_dim": self.intermediate_dim,
-            "norm": self.norm,
-            "norm_epsilon": self.norm_epsilon,
-            "qk_norm": self.qk_norm,
-            "qk_norm_epsilon": self.qk_norm_epsilon,
-            "mlp_activation": self.mlp_activation,
-            "gated_mlp": self.gated_mlp,
-            "max_num_media": self.max_num_media,
-            "max_num_frames": self.max_num_frames,
-            "latents_initializer": self.latents_initializer,
-        })
-        return config
