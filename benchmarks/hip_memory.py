@@ -54,26 +54,18 @@ def peak_rss_bytes():
 
 def small_hip(size, label=False):
     from perceiver_keras import HiPBackbone
+    from perceiver_keras.models.hip.hip_presets import small_config
 
     modalities = {"signal": (size, 1)}
     if label:
         modalities["label"] = (1, 10)
-    groups = max(1, size // GROUP_SIZE)
-    return HiPBackbone(
-        modalities=modalities,
+    # The processor's latents regroup into num_groups[2] groups: a
+    # multiple of it (1000 latents -> 1 per group at M = 10^6).
+    return HiPBackbone(**small_config(
+        modalities, max(1, size // GROUP_SIZE), z_index_dim=[16, 1000, 16],
+        num_z_channels=[32, 64, 32], num_embedding_channels=16,
         label_modalities=["label"] if label else (),
-        num_groups=[groups, 1, groups],
-        num_self_attends_per_block=[1, 1, 1],
-        # The processor's latents regroup into num_groups[2] groups: a
-        # multiple of it (1000 latents -> 1 per group at M = 10^6).
-        z_index_dim=[16, 1000, 16],
-        num_z_channels=[32, 64, 32],
-        num_cross_attend_heads=[1, 1, 1],
-        num_self_attend_heads=[2, 4, 2],
-        cross_attend_widening_factor=[1, 1, 1],
-        self_attend_widening_factor=[2, 2, 2],
-        num_embedding_channels=16,
-    )
+    ))
 
 
 def child(model, size, steps):

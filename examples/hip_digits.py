@@ -25,6 +25,10 @@ from sklearn.linear_model import LogisticRegression
 from perceiver_keras import HiPBackbone
 from perceiver_keras import HiPClassifier
 from perceiver_keras import HiPMaskedAutoencoder
+from perceiver_keras.models.hip.hip_presets import small_config
+
+BATCH_SIZE = 32
+LEARNING_RATE = 3e-3
 
 
 def digit_sets(seed=0):
@@ -40,19 +44,22 @@ def digit_sets(seed=0):
 
 def small_hip(seed=0):
     keras.utils.set_random_seed(seed)
-    return HiPBackbone(
-        modalities={"image": (64, 1), "label": (1, 10)},
+    return HiPBackbone(**small_config(
+        {"image": (64, 1), "label": (1, 10)},
+        4,                               # 4 groups of 16 pixels (2 rows)
+        z_index_dim=[8, 16, 8], num_z_channels=[32, 64, 32],
+        num_embedding_channels=32, num_self_attends_per_block=[1, 2, 1],
         label_modalities=["label"],
-        num_groups=[4, 1, 4],           # 4 groups of 16 pixels (2 rows)
-        num_self_attends_per_block=[1, 2, 1],
-        z_index_dim=[8, 16, 8],
-        num_z_channels=[32, 64, 32],
-        num_cross_attend_heads=[1, 1, 1],
-        num_self_attend_heads=[2, 4, 2],
-        cross_attend_widening_factor=[1, 1, 1],
-        self_attend_widening_factor=[2, 2, 2],
-        num_embedding_channels=32,
-    )
+    ))
+
+
+def warmup_cosine(peak, steps):
+    """Adam at `peak` after a 10% linear warm-up, cosine decay to 0: at a
+    constant 1e-3 this HiP still underfits after 15 epochs (0.95 training
+    accuracy, 0.91 held out)."""
+    return keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(
+        0.0, steps, warmup_target=peak, warmup_steps=steps // 10,
+    ))
 
 
 def pretrain(backbone, pixels, epochs):
@@ -71,8 +78,9 @@ def pretrain(backbone, pixels, epochs):
 
 def classifier_accuracy(backbone, train, test, epochs):
     classifier = HiPClassifier(backbone)
-    classifier.compile()
-    classifier.fit({"image": train[0]}, train[1], batch_size=32,
+    steps = epochs * -(-len(train[0]) // BATCH_SIZE)
+    classifier.compile(optimizer=warmup_cosine(LEARNING_RATE, steps))
+    classifier.fit({"image": train[0]}, train[1], batch_size=BATCH_SIZE,
                    epochs=epochs, verbose=0)
     return classifier.evaluate({"image": test[0]}, test[1], verbose=0,
                                return_dict=True)["accuracy"]

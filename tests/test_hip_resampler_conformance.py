@@ -19,6 +19,7 @@ from perceiver_keras.models.hip.hip_classifier import HiPClassifier
 from perceiver_keras.models.hip.hip_masked_autoencoder import (
     HiPMaskedAutoencoder,
 )
+from perceiver_keras.models.hip.hip_presets import small_config
 from perceiver_keras.models.resampler.resampler_backbone import (
     PerceiverResamplerBackbone,
 )
@@ -33,17 +34,10 @@ def _floats(*shape):
     return rng.normal(size=shape).astype("float32")
 
 
-HIP = dict(
-    modalities={"image": (12, 3), "audio": (6, 2)},
-    num_groups=[2, 1, 2],
-    num_self_attends_per_block=[1, 1, 1],
-    z_index_dim=[4, 4, 4],
-    num_z_channels=[8, 16, 8],
-    num_cross_attend_heads=[1, 1, 1],
+HIP = small_config(
+    {"image": (12, 3), "audio": (6, 2)}, 2, z_index_dim=[4, 4, 4],
+    num_z_channels=[8, 16, 8], num_embedding_channels=8,
     num_self_attend_heads=[2, 2, 2],
-    cross_attend_widening_factor=[1, 1, 1],
-    self_attend_widening_factor=[2, 2, 2],
-    num_embedding_channels=8,
 )
 HIP_LABEL = {**HIP, "modalities": {"image": (12, 3), "label": (1, 3)},
              "label_modalities": ["label"]}

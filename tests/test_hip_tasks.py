@@ -14,6 +14,7 @@ from perceiver_keras.models.hip.hip_classifier import HiPClassifier
 from perceiver_keras.models.hip.hip_masked_autoencoder import (
     HiPMaskedAutoencoder,
 )
+from perceiver_keras.models.hip.hip_presets import small_config
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hip")
 
@@ -26,21 +27,12 @@ def fixture(case):
             dict(np.load(os.path.join(d, "inputs.npz"))))
 
 
-def tiny_backbone(**overrides):
-    kwargs = dict(
-        modalities={"image": (32, 3), "audio": (16, 2)},
-        num_groups=[4, 1, 4],
-        num_self_attends_per_block=[1, 1, 1],
-        z_index_dim=[4, 8, 4],
-        num_z_channels=[16, 32, 16],
-        num_cross_attend_heads=[1, 1, 1],
-        num_self_attend_heads=[2, 4, 2],
-        cross_attend_widening_factor=[1, 1, 1],
-        self_attend_widening_factor=[2, 2, 2],
-        num_embedding_channels=16,
-    )
-    kwargs.update(overrides)
-    return HiPBackbone(**kwargs)
+def tiny_backbone(modalities=None, **overrides):
+    return HiPBackbone(**small_config(
+        modalities or {"image": (32, 3), "audio": (16, 2)}, 4,
+        z_index_dim=[4, 8, 4], num_z_channels=[16, 32, 16],
+        num_embedding_channels=16, **overrides,
+    ))
 
 
 def smooth_signals(n, rng):

@@ -11,7 +11,7 @@ pixels, `image` (224 * 224, 3); pass `modalities=` (and for a classifier
 other constructor argument can be overridden the same way.
 """
 
-# DeepMind's VARIANTS, verbatim (perceiver.py at commit a1c4cd2).
+# DeepMind's VARIANTS (perceiver.py at commit a1c4cd2), same values.
 VARIANTS = {
     "Mini": {
         "num_groups": (16, 1, 16),
@@ -46,17 +46,6 @@ VARIANTS = {
         "self_attend_widening_factor": (4, 4, 4, 4, 4, 4, 4, 4, 4, 4, 4),
         "num_embedding_channels": 16,
     },
-    "16x3": {
-        "num_groups": (16, 1, 16),
-        "num_self_attends_per_block": (2, 18, 2),
-        "z_index_dim": (128, 256, 128),
-        "num_z_channels": (128, 1024, 128),
-        "num_cross_attend_heads": (1, 1, 1),
-        "num_self_attend_heads": (4, 32, 4),
-        "cross_attend_widening_factor": (1, 1, 1),
-        "self_attend_widening_factor": (4, 4, 4),
-        "num_embedding_channels": 32,
-    },
     "io_mini": {
         "num_self_attends_per_block": 2,
         "z_index_dim": 128,
@@ -87,6 +76,13 @@ VARIANTS = {
         "self_attend_widening_factor": 4,
         "num_embedding_channels": 896,
     },
+}
+
+# DeepMind's 16x3 is Mini with a deeper, wider processor.
+VARIANTS["16x3"] = {
+    **VARIANTS["Mini"],
+    "num_self_attends_per_block": (2, 18, 2),
+    "z_index_dim": (128, 256, 128),
 }
 
 PRESET_VARIANTS = {
@@ -130,3 +126,29 @@ def check_no_weights(name, load_weights):
             "`python conversion/convert_hip.py PARAMS_NPZ --config "
             "CONFIG_JSON --output PRESET_DIR` and load that directory."
         )
+
+
+def small_config(modalities, num_groups, z_index_dim, num_z_channels,
+                 num_embedding_channels, **overrides):
+    """Backbone kwargs of a small three-block HiP (encoder, processor,
+    decoder) for tests, examples and benchmarks.
+
+    `num_groups` is the encoder's (and decoder's) group count; the
+    processor has one. `z_index_dim` and `num_z_channels` are per block.
+    One self-attention per block, one cross-attention head, widening 1 in
+    cross- and 2 in self-attention; `overrides` replace any of these.
+    """
+    config = dict(
+        modalities=modalities,
+        num_groups=[num_groups, 1, num_groups],
+        num_self_attends_per_block=[1, 1, 1],
+        z_index_dim=list(z_index_dim),
+        num_z_channels=list(num_z_channels),
+        num_cross_attend_heads=[1, 1, 1],
+        num_self_attend_heads=[2, 4, 2],
+        cross_attend_widening_factor=[1, 1, 1],
+        self_attend_widening_factor=[2, 2, 2],
+        num_embedding_channels=num_embedding_channels,
+    )
+    config.update(overrides)
+    return config
