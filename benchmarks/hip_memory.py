@@ -37,19 +37,13 @@ import subprocess
 import sys
 import time
 
+from memory_scaling import peak_rss_bytes  # (this folder)
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "hip_memory")
 MIB = 2**20
 GROUP_SIZE = 1000
 MODELS = ("hip_mae", "hip_classifier", "flat_classifier")
-
-
-def peak_rss_bytes():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
 
 
 def small_hip(size, label=False):

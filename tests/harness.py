@@ -108,6 +108,18 @@ def init_kwargs_of(model):
     return config
 
 
+def check_task_saving_and_preset(task, x, directory):
+    """keras-hub's serialization, model saving and preset tests on a task
+    (the saving test rebuilt without its preprocessor, on model inputs
+    `x`), the preset written to `directory`."""
+    hub.run_serialization_test(task)
+    kwargs = {**init_kwargs_of(task), "preprocessor": None}
+    hub.run_model_saving_test(task.__class__, kwargs, x)
+    task.save_to_preset(str(directory))
+    hub.run_preset_test(task.__class__, str(directory), x,
+                        expected_output=task(x))
+
+
 def check_config_round_trip(model, x):
     """`from_config(get_config())` gives the same config (also through
     JSON and `serialize_keras_object`) and, with the same weights, the same

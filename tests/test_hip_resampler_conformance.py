@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from harness import PassThroughPreprocessor
+from harness import check_task_saving_and_preset
 from harness import hub
 from harness import init_kwargs_of
 from perceiver_keras.models.hip.hip_backbone import HiPBackbone
@@ -164,9 +165,4 @@ def test_keras_hub_task_test(task_case):
 def test_keras_hub_task_saving_and_preset_tests(task_case, tmp_path):
     task, train_data, _ = task_case
     x = train_data[0]
-    hub.run_serialization_test(task)
-    kwargs = {**init_kwargs_of(task), "preprocessor": None}
-    hub.run_model_saving_test(task.__class__, kwargs, x)
-    task.save_to_preset(str(tmp_path))
-    hub.run_preset_test(task.__class__, str(tmp_path), x,
-                        expected_output=task(x))
+    check_task_saving_and_preset(task, x, tmp_path)

@@ -25,7 +25,9 @@ def test_progress_shows_while_running_and_logs_are_kept(tmp_path):
     process = subprocess.Popen(
         [str(SCRIPT), str(fake), "tensorflow jax"], cwd=tmp_path,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "PARALLEL": "1"},
+        # One worker each: no xdist probe, which would run the fake too.
+        env={**os.environ, "PARALLEL": "1", "WORKERS_tensorflow": "1",
+             "WORKERS_jax": "1"},
     )
     seen, deadline = b"", time.monotonic() + 15
     while seen.count(b"started") < 2 and time.monotonic() < deadline:

@@ -22,6 +22,9 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm import (
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     rotary_inverse_frequencies,
 )
+from perceiver_keras.models.perceiver_ar.perceiver_ar_presets import (
+    KRASSERM_OPTIONS,
+)
 from perceiver_keras.utils.deepmind_ar_checkpoint import (
     load_perceiver_ar_checkpoint,
 )
@@ -273,29 +276,15 @@ def krasserm_backbone_kwargs(model_config):
             "cross_attention_widening_factor", 4),
         self_attention_widening_factor=c.get(
             "self_attention_widening_factor", 4),
-        activation="gelu_erf",
-        use_qkv_bias=False,
-        use_mlp_bias=False,
-        cross_attention_output_bias=True,
-        self_attention_output_bias=False,
-        mask_rules="krasserm",
-        latent_query="identity",
-        latents_in_keys=True,
-        use_query_residual=True,
         position_embedding="learned" if abs_pos else None,
         position_embedding_size=c["max_seq_len"],
-        position_start=0,
         rotary_fraction=rotated / head_dim,
-        rotary_heads_fraction=1.0,
-        rotary_max_wavelength=10000,
-        rotary_frequency_spacing="arange",
         num_rotary_self_attention_layers=(
             None if rotary_layers < 0 else rotary_layers),
         final_norm=c.get("output_norm", False),
-        tie_embeddings=True,
         use_logits_bias=c.get("output_bias", True),
         attention_dropout=c.get("post_attention_dropout", 0.0),
-        layer_norm_epsilon=1e-5,
+        **KRASSERM_OPTIONS,
     )
 
 

@@ -20,6 +20,30 @@ from pathlib import Path
 
 _KRASSERM_LICENSE = "Apache-2.0 (krasserm/perceiver-io)"
 
+# What every krasserm CausalLanguageModel fixes (not in its config); the
+# converter maps a config onto these too.
+KRASSERM_OPTIONS = dict(
+    activation="gelu_erf", use_qkv_bias=False, use_mlp_bias=False,
+    cross_attention_output_bias=True, self_attention_output_bias=False,
+    mask_rules="krasserm", latent_query="identity", latents_in_keys=True,
+    use_query_residual=True, position_start=0, rotary_heads_fraction=1.0,
+    rotary_max_wavelength=10000, rotary_frequency_spacing="arange",
+    tie_embeddings=True, layer_norm_epsilon=1e-5,
+)
+
+
+def krasserm_backbone(max_sequence_length, attention_dropout, **sizes):
+    """Backbone kwargs of a released krasserm model (rotary positions on
+    the whole head in the first layer, output norm, no logits bias)."""
+    return dict(
+        sizes, max_sequence_length=max_sequence_length,
+        cross_attention_widening_factor=4, self_attention_widening_factor=4,
+        position_embedding=None, position_embedding_size=max_sequence_length,
+        rotary_fraction=1.0, num_rotary_self_attention_layers=1,
+        final_norm=True, use_logits_bias=False,
+        attention_dropout=attention_dropout, **KRASSERM_OPTIONS,
+    )
+
 PRESETS = {
     "perceiver_ar_clm_base": {
         "description": (
@@ -42,24 +66,11 @@ PRESETS = {
             "cross_attention_dropout": 0.0, "post_attention_dropout": 0.0,
             "output_norm": True, "output_bias": False, "abs_pos_emb": False,
         },
-        "backbone": {
-            "vocabulary_size": 32000, "hidden_dim": 1280, "num_layers": 20,
-            "num_heads": 10, "max_sequence_length": 1024, "max_latents": 512,
-            "cross_attention_widening_factor": 4,
-            "self_attention_widening_factor": 4, "activation": "gelu_erf",
-            "use_qkv_bias": False, "use_mlp_bias": False,
-            "cross_attention_output_bias": True,
-            "self_attention_output_bias": False, "mask_rules": "krasserm",
-            "latent_query": "identity", "latents_in_keys": True,
-            "use_query_residual": True, "position_embedding": None,
-            "position_embedding_size": 1024, "position_start": 0,
-            "rotary_fraction": 1.0, "rotary_heads_fraction": 1.0,
-            "rotary_max_wavelength": 10000,
-            "rotary_frequency_spacing": "arange",
-            "num_rotary_self_attention_layers": 1, "final_norm": True,
-            "tie_embeddings": True, "use_logits_bias": False,
-            "attention_dropout": 0.0, "layer_norm_epsilon": 1e-05,
-        },
+        "backbone": krasserm_backbone(
+            vocabulary_size=32000, hidden_dim=1280, num_layers=20,
+            num_heads=10, max_sequence_length=1024, max_latents=512,
+            attention_dropout=0.0,
+        ),
     },
     "perceiver_ar_sam_giant_midi": {
         "description": (
@@ -80,24 +91,11 @@ PRESETS = {
             "residual_dropout": 0.1, "output_norm": True,
             "output_bias": False, "abs_pos_emb": False,
         },
-        "backbone": {
-            "vocabulary_size": 389, "hidden_dim": 768, "num_layers": 18,
-            "num_heads": 8, "max_sequence_length": 6144, "max_latents": 2048,
-            "cross_attention_widening_factor": 4,
-            "self_attention_widening_factor": 4, "activation": "gelu_erf",
-            "use_qkv_bias": False, "use_mlp_bias": False,
-            "cross_attention_output_bias": True,
-            "self_attention_output_bias": False, "mask_rules": "krasserm",
-            "latent_query": "identity", "latents_in_keys": True,
-            "use_query_residual": True, "position_embedding": None,
-            "position_embedding_size": 6144, "position_start": 0,
-            "rotary_fraction": 1.0, "rotary_heads_fraction": 1.0,
-            "rotary_max_wavelength": 10000,
-            "rotary_frequency_spacing": "arange",
-            "num_rotary_self_attention_layers": 1, "final_norm": True,
-            "tie_embeddings": True, "use_logits_bias": False,
-            "attention_dropout": 0.1, "layer_norm_epsilon": 1e-05,
-        },
+        "backbone": krasserm_backbone(
+            vocabulary_size=389, hidden_dim=768, num_layers=18,
+            num_heads=8, max_sequence_length=6144, max_latents=2048,
+            attention_dropout=0.1,
+        ),
     },
     "perceiver_ar_random_mirrored_131072": {
         "description": (
