@@ -93,11 +93,12 @@ def test_variable_input_length():
 
 
 def test_image_backbone_shapes_and_token_shape():
-    config = recommended_config("image", (8, 8, 3))
+    config = recommended_config("image", (10, 8, 3))
     backbone = PerceiverBackbone(**config)
-    # 4x4 patches projected to latent_dim, then 2-D positions (8 bands).
-    assert token_shape(config) == (4, 64 + 2 * (2 * 8 + 1))
-    out = backbone(rng.normal(size=(2, 8, 8, 3)).astype("float32"))
+    # The conv stem's SAME conv and pool: ceil(10/4) x ceil(8/4) tokens of
+    # latent_dim channels, then 2-D positions (4 bands).
+    assert token_shape(config) == (3 * 2, 64 + 2 * (2 * 4 + 1))
+    out = backbone(rng.normal(size=(2, 10, 8, 3)).astype("float32"))
     assert tuple(out.shape) == (2, 32, 64)
 
 
