@@ -120,7 +120,8 @@ def measure(kind):
     x_test, y_test = x[NUM_TRAIN:], y[NUM_TRAIN:]
     baseline = baseline_accuracy(features, x_train, y_train, x_test, y_test)
 
-    # Reproducible; the README figures hold for other seeds too.
+    # Reproducible. "image" also passes at seeds 1 and 2 (0.945-0.996 on the
+    # three backends).
     keras.utils.set_random_seed(0)
     config = recommended_config(kind, shape)
     classifier = PerceiverClassifier(PerceiverBackbone(**config), NUM_CLASSES)

@@ -262,8 +262,7 @@ def krasserm_backbone_kwargs(model_config):
             f"krasserm rotates {rotated} channels per head; only an even "
             "number is supported."
         )
-    if c.get("max_heads_parallel") not in (None, heads):
-        pass  # a memory knob only: the numbers are the same
+    # `max_heads_parallel` is ignored: a memory knob, the numbers are equal.
     rotary_layers = c.get("num_self_attention_rotary_layers", 1)
     return dict(
         vocabulary_size=c["vocab_size"],

@@ -43,8 +43,8 @@ def recommended_config(kind, inputs_shape=None, **overrides):
         # DeepMind's conv stem (7x7/2 conv, BatchNorm, ReLU, 3x3/2 max
         # pool): one shared filter finds a local pattern wherever it lies.
         # Projected 4x4 patches split a pattern across patch borders and
-        # overfit small data (a faint square: 0.82 held out against the
-        # stem's 0.98; `tests/test_recommended_configs_learn.py`).
+        # overfit small data (a faint square: 0.77-0.82 held out against
+        # the stem's 0.97-0.98; `tests/test_recommended_configs_learn.py`).
         grid = tuple(d and math.ceil(d / 4) for d in inputs_shape[:2])
         adapter = PerceiverImageAdapter(
             prep_type="conv",
@@ -57,7 +57,8 @@ def recommended_config(kind, inputs_shape=None, **overrides):
     elif kind == "sequence":
         inputs_shape = tuple(inputs_shape or (None, 1))
         # Few bands, smooth positions: with 16 the latents memorise where
-        # each training example's pattern sat (0.89 held out, 0.93 with 4).
+        # each training example's pattern sat (TensorFlow: 0.887 held out,
+        # 0.930 with 4).
         adapter = PerceiverArrayAdapter(
             num_bands=4,
             max_resolution=(inputs_shape[0] or 1024,),
