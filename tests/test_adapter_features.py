@@ -1,5 +1,6 @@
-"""The array adapter's feature options: Fourier features of chosen input
-channels and a per-element input projection, checked against NumPy."""
+"""The array adapter's feature options (Fourier features of chosen input
+channels, a per-element input projection) and the sequence adapter's 1-D
+conv stem, checked against NumPy."""
 
 import keras
 import numpy as np
@@ -9,8 +10,10 @@ from conftest import assert_close
 from conftest import to_numpy
 from perceiver_keras import PerceiverBackbone
 from perceiver_keras import count_params
+from perceiver_keras import recommended_config
 from perceiver_keras import token_shape
 from perceiver_keras.layers import PerceiverArrayAdapter
+from perceiver_keras.layers import PerceiverSequenceAdapter
 
 rng = np.random.default_rng(0)
 
@@ -126,3 +129,98 @@ def test_fourier_channel_beyond_the_input_names_the_argument():
     with pytest.raises(ValueError, match="feature_fourier_channels.*3 channels"):
         adapter.build((None, 5, 3))
     keras.backend.clear_session()
+
+
+# --- the sequence adapter's 1-D conv stem --------------------------------
+
+
+def conv_stem_reference(x, kernel, bn, pool):
+    """NumPy: SAME 7-wide stride-2 conv without bias (TensorFlow's SAME
+    puts the odd padding element on the right), BatchNorm with its moving
+    statistics, ReLU, SAME 3-wide stride-2 pool (averages count only the
+    real elements, as TensorFlow's do)."""
+    gamma, beta, mean, var = bn
+
+    def same_pad(length, size, stride):
+        total = max((-(-length // stride) - 1) * stride + size - length, 0)
+        return total // 2, total - total // 2  # TensorFlow's SAME
+
+    left, right = same_pad(x.shape[1], 7, 2)
+    padded = np.pad(x, ((0, 0), (left, right), (0, 0)))
+    conv = np.stack(
+        [np.einsum("bkc,kco->bo", padded[:, i:i + 7], kernel)
+         for i in range(0, padded.shape[1] - 6, 2)], 1,
+    )
+    h = np.maximum((conv - mean) / np.sqrt(var + 1e-5) * gamma + beta, 0)
+    left, right = same_pad(h.shape[1], 3, 2)
+    fill = -np.inf if pool == "max" else np.nan
+    padded = np.pad(h, ((0, 0), (left, right), (0, 0)), constant_values=fill)
+    reduce = np.max if pool == "max" else np.nanmean
+    return np.stack(
+        [reduce(padded[:, i:i + 3], axis=1)
+         for i in range(0, padded.shape[1] - 2, 2)], 1,
+    )
+
+
+@pytest.mark.parametrize("pool", ["max", "average"])
+@pytest.mark.parametrize("length", [13, 32])
+def test_sequence_conv_stem_matches_numpy(pool, length):
+    x = rng.normal(size=(2, length, 3)).astype("float32")
+    adapter = PerceiverSequenceAdapter(
+        prep_type="conv", num_channels=5, conv_pool=pool, num_bands=2,
+        max_resolution=(8,),
+    )
+    adapter.build(x.shape)
+    bn = [rng.uniform(0.5, 1.5, 5), rng.normal(size=5),
+          rng.normal(size=5), rng.uniform(0.5, 2.0, 5)]
+    adapter.batch_norm.set_weights([b.astype("float32") for b in bn])
+    kernel = to_numpy(adapter.conv.kernel).astype("float64")
+    stem = conv_stem_reference(x.astype("float64"), kernel, bn, pool)
+    tokens = -(-length // 4)
+    assert stem.shape == (2, tokens, 5)
+    # 1-D Fourier positions of the token grid follow the stem's channels.
+    grid = np.linspace(-1.0, 1.0, tokens)[:, None]
+    scaled = np.pi * grid * np.linspace(1.0, 4.0, 2)
+    positions = np.concatenate([grid, np.sin(scaled), np.cos(scaled)], -1)
+    expected = np.concatenate(
+        [stem, np.broadcast_to(positions, (2, tokens, 5))], -1
+    )
+    assert adapter.compute_output_shape((None, length, 3)) == (
+        None, tokens, 10
+    )
+    assert_close(adapter(x, training=False), expected)
+
+
+def test_sequence_adapter_round_trips_and_counts_params():
+    config = recommended_config("sequence")  # any length
+    backbone = PerceiverBackbone(**config)
+    assert count_params(config) == backbone.count_params()
+    adapter = backbone.input_adapter
+    clone = PerceiverSequenceAdapter.from_config(adapter.get_config())
+    assert (clone.prep_type, clone.conv_pool) == ("conv", "average")
+    for length in (9, 40):
+        x = rng.normal(size=(2, length, 1)).astype("float32")
+        assert backbone.predict(x, verbose=0).shape == (2, 32, 64)
+    # One token per 4 elements: a padding mask cannot follow them.
+    assert "padding_mask" not in backbone.input
+    with pytest.raises(ValueError, match="padding_mask"):
+        backbone({"inputs": x, "padding_mask": np.ones((2, 40), bool)})
+
+
+@pytest.mark.parametrize(
+    "options,argument",
+    [
+        (dict(prep_type="conv1d"), "prep_type"),
+        (dict(prep_type="conv", conv_pool="min", num_channels=4), "conv_pool"),
+        (dict(prep_type="conv"), "num_channels"),
+    ],
+)
+def test_bad_sequence_adapter_options_name_the_argument(options, argument):
+    with pytest.raises(ValueError, match=f"`{argument}`.*Received"):
+        PerceiverSequenceAdapter(**options)
+
+
+def test_sequence_adapter_names_the_expected_rank():
+    adapter = PerceiverSequenceAdapter(prep_type="conv", num_channels=4)
+    with pytest.raises(ValueError, match=r"\[batch, length, channels\]"):
+        adapter.build((None, 8, 8, 3))

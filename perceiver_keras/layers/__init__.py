@@ -1,5 +1,6 @@
 from perceiver_keras.layers.adapters import PerceiverArrayAdapter
 from perceiver_keras.layers.adapters import PerceiverImageAdapter
+from perceiver_keras.layers.adapters import PerceiverSequenceAdapter
 from perceiver_keras.layers.adapters import PerceiverTokenAdapter
 from perceiver_keras.layers.adapters import space_to_depth
 from perceiver_keras.layers.attention import PerceiverAttention

@@ -308,8 +308,181 @@ def space_to_depth(x, spatial_block, temporal_block=1):
     return ops.reshape(x, (-1, t // dt, h // s, w // s, dt * s * s * c))
 
 
+def same_padding(length, size, stride):
+    """TensorFlow's SAME padding (left, right): the odd element right."""
+    total = max((-(-length // stride) - 1) * stride + size - length, 0)
+    return total // 2, total - total // 2
+
+
 @keras.saving.register_keras_serializable(package="perceiver_keras")
-class PerceiverImageAdapter(PerceiverArrayAdapter):
+class SameAveragePooling1D(keras.layers.AveragePooling1D):
+    """`AveragePooling1D` whose SAME padding averages the real elements
+    only, on every backend.
+
+    Keras' torch backend (3.15) pads an asymmetric SAME pool by repeating
+    the edge element, which the average then counts: pad with zeros here
+    and divide by the number of real elements instead.
+    """
+
+    def call(self, inputs):
+        length = inputs.shape[1]
+        if (
+            keras.backend.backend() != "torch"
+            or self.padding != "same"
+            or length is None
+        ):
+            return super().call(inputs)
+        size, stride = self.pool_size[0], self.strides[0]
+        pad = [(0, 0), same_padding(length, size, stride), (0, 0)]
+        ones = ops.ones((1, length, 1), inputs.dtype)
+
+        def pool(x):
+            return ops.average_pool(ops.pad(x, pad), size, stride, "valid")
+
+        return pool(inputs) / pool(ones)
+
+
+class ConvStem:
+    """DeepMind's conv stem (its image preprocessor's "conv"), for 1-D
+    sequences or 2-D images: a size-7 stride-2 convolution without bias,
+    BatchNorm, ReLU, then a size-3 stride-2 max (or average) pool: 4x
+    downsampling.
+    One shared filter finds a local pattern wherever it lies. A mixin for
+    adapters: the layers are the adapter's own attributes (`conv`,
+    `batch_norm`), so weight paths stay those of the converters' tables."""
+
+    def make_conv_stem(self, rank, num_channels, same=True, pool="max"):
+        """`same`: TensorFlow SAME padding (DeepMind); otherwise the input
+        is zero-padded by 3 on every side and the pool is unpadded
+        (transformers). `pool`: "max" (DeepMind) or "average"."""
+        conv, pad = {
+            1: (keras.layers.Conv1D, keras.layers.ZeroPadding1D),
+            2: (keras.layers.Conv2D, keras.layers.ZeroPadding2D),
+        }[rank]
+        pool = {
+            ("max", 1): keras.layers.MaxPooling1D,
+            ("max", 2): keras.layers.MaxPooling2D,
+            ("average", 1): SameAveragePooling1D,
+        }[pool, rank]
+        padding = "same" if same else "valid"
+        self.conv_pad = None if same else pad(3, dtype=self.dtype_policy)
+        self.conv = conv(
+            num_channels, 7, strides=2, use_bias=False, padding=padding,
+            dtype=self.dtype_policy, name="conv",
+        )
+        self.batch_norm = keras.layers.BatchNormalization(
+            momentum=0.9, epsilon=1e-5, dtype=self.dtype_policy,
+            name="batch_norm",
+        )
+        self.pool = pool(
+            3, strides=2, padding=padding, dtype=self.dtype_policy
+        )
+
+    def conv_stem_shapes(self, shape):
+        """Input shapes of the conv and of the BatchNorm, and the output
+        shape."""
+        conv_in = shape
+        if self.conv_pad is not None:
+            conv_in = self.conv_pad.compute_output_shape(shape)
+        conv_out = self.conv.compute_output_shape(conv_in)
+        return conv_in, conv_out, self.pool.compute_output_shape(conv_out)
+
+    def build_conv_stem(self, shape):
+        conv_in, conv_out, _ = self.conv_stem_shapes(shape)
+        self.conv.build(conv_in)
+        self.batch_norm.build(conv_out)
+
+    def conv_stem(self, inputs, training=None):
+        x = inputs if self.conv_pad is None else self.conv_pad(inputs)
+        x = self.conv(x)
+        x = ops.relu(self.batch_norm(x, training=training))
+        return self.pool(x)
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverSequenceAdapter(ConvStem, PerceiverArrayAdapter):
+    """Sequences `[B, L, C]` to tokens, each element as it is or through
+    a 1-D conv stem.
+
+    Args:
+        prep_type: "features" (one token per element) or "conv" (the 1-D
+            form of DeepMind's image stem, see `ConvStem`: one token per 4
+            elements, `num_channels` wide).
+        num_channels: output width of "conv".
+        conv_pool: the stem's pool, "max" (as DeepMind's image stem) or
+            "average" (which also averages the noise of noisy signals).
+        Remaining arguments: see `PerceiverArrayAdapter`.
+    """
+
+    PREP_TYPES = ("features", "conv")
+    CONV_POOLS = ("max", "average")
+
+    def __init__(
+        self, prep_type="features", num_channels=None, conv_pool="max",
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if prep_type not in self.PREP_TYPES:
+            raise ValueError(
+                f"`prep_type` must be one of {self.PREP_TYPES}. "
+                f"Received: prep_type={prep_type!r}."
+            )
+        if conv_pool not in self.CONV_POOLS:
+            raise ValueError(
+                f"`conv_pool` must be one of {self.CONV_POOLS}. "
+                f"Received: conv_pool={conv_pool!r}."
+            )
+        if prep_type == "conv":
+            check_positive("num_channels", num_channels)
+        self.prep_type = prep_type
+        self.num_channels = num_channels
+        self.conv_pool = conv_pool
+        self.conv_pad = self.conv = self.batch_norm = self.pool = None
+        if prep_type == "conv":
+            self.make_conv_stem(1, num_channels, pool=conv_pool)
+
+    @property
+    def supports_padding_mask(self):
+        return self.prep_type == "features"
+
+    def _check_rank(self, input_shape):
+        if len(input_shape) != 3:
+            raise ValueError(
+                "`inputs` must have shape [batch, length, channels]. "
+                f"Received shape {tuple(input_shape)}."
+            )
+
+    def transform_shape(self, input_shape):
+        self._check_rank(input_shape)
+        if self.prep_type == "conv":
+            return self.conv_stem_shapes(tuple(input_shape))[2]
+        return tuple(input_shape)
+
+    def build_transform(self, input_shape):
+        self._check_rank(input_shape)
+        if self.prep_type == "conv":
+            self.build_conv_stem(tuple(input_shape))
+        return self.transform_shape(input_shape)
+
+    def transform(self, inputs, training=None):
+        if self.prep_type == "conv":
+            return self.conv_stem(inputs, training=training)
+        return inputs
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "prep_type": self.prep_type,
+                "num_channels": self.num_channels,
+                "conv_pool": self.conv_pool,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverImageAdapter(ConvStem, PerceiverArrayAdapter):
     """Images `[B, H, W, C]` (or video `[B, T, H, W, C]`) to tokens.
 
     Args:
@@ -361,8 +534,7 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
         self.conv_padding = conv_padding
         self.conv_after_patching = conv_after_patching
 
-        same = conv_padding == "same"
-        self.conv_pad = self.conv = self.batch_norm = self.max_pool = None
+        self.conv_pad = self.conv = self.batch_norm = self.pool = None
         self.patch_projection = None
         if prep_type == "conv1x1":
             self.conv = keras.layers.Conv2D(
@@ -375,23 +547,7 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
                     "prep_type='conv' downsamples by exactly 4. Received: "
                     f"spatial_downsample={spatial_downsample}."
                 )
-            if not same:
-                self.conv_pad = keras.layers.ZeroPadding2D(
-                    3, dtype=self.dtype_policy
-                )
-            self.conv = keras.layers.Conv2D(
-                num_channels, 7, strides=2, use_bias=False,
-                padding="same" if same else "valid",
-                dtype=self.dtype_policy, name="conv",
-            )
-            self.batch_norm = keras.layers.BatchNormalization(
-                momentum=0.9, epsilon=1e-5, dtype=self.dtype_policy,
-                name="batch_norm",
-            )
-            self.max_pool = keras.layers.MaxPooling2D(
-                3, strides=2, padding="same" if same else "valid",
-                dtype=self.dtype_policy,
-            )
+            self.make_conv_stem(2, num_channels, conv_padding == "same")
         elif prep_type == "patches" and conv_after_patching:
             self.patch_projection = keras.layers.Dense(
                 num_channels, dtype=self.dtype_policy, name="patch_projection"
@@ -400,14 +556,6 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
     @property
     def supports_padding_mask(self):
         return self.prep_type == "pixels" and self.spatial_downsample == 1
-
-    def _conv_stem_shapes(self, shape):
-        """Input shapes of the conv stem's layers, and its output shape."""
-        conv_in = shape
-        if self.conv_pad is not None:
-            conv_in = self.conv_pad.compute_output_shape(shape)
-        conv_out = self.conv.compute_output_shape(conv_in)
-        return conv_in, conv_out, self.max_pool.compute_output_shape(conv_out)
 
     def transform_shape(self, input_shape):
         shape = tuple(input_shape)
@@ -421,7 +569,7 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
         if self.prep_type == "conv1x1":
             return self.conv.compute_output_shape(shape)
         if self.prep_type == "conv":
-            return self._conv_stem_shapes(shape)[2]
+            return self.conv_stem_shapes(shape)[2]
         dims = [d // s for d in shape[-3:-1]]
         width = shape[-1] * s * s
         if video:
@@ -438,9 +586,7 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
         if self.prep_type == "conv1x1":
             self.conv.build(shape)
         elif self.prep_type == "conv":
-            conv_in, conv_out, _ = self._conv_stem_shapes(shape)
-            self.conv.build(conv_in)
-            self.batch_norm.build(conv_out)
+            self.build_conv_stem(shape)
         elif self.patch_projection is not None:
             block = self.spatial_downsample**2
             if len(shape) == 5:
@@ -457,10 +603,7 @@ class PerceiverImageAdapter(PerceiverArrayAdapter):
         if self.prep_type == "conv1x1":
             return self.conv(inputs)
         if self.prep_type == "conv":
-            x = inputs if self.conv_pad is None else self.conv_pad(inputs)
-            x = self.conv(x)
-            x = ops.relu(self.batch_norm(x, training=training))
-            return self.max_pool(x)
+            return self.conv_stem(inputs, training=training)
         x = space_to_depth(inputs, s, t)
         if len(x.shape) == 5 and x.shape[1] == 1:
             x = x[:, 0]
