@@ -14,7 +14,10 @@ $(VENV)/.installed: pyproject.toml
 	# torch first: 2.13.0 is a CPU build on this machine's disk; installed
 	# later as a dependency, pip would fetch a multi-GB CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e ".[tensorflow,jax,torch,test,demo]"
+	# setuptools (84) boxes an "Editable installation" notice into every
+	# install; pip's own messages are not Python warnings and still show.
+	PYTHONWARNINGS=ignore $(BIN)/pip install --quiet \
+	  -e ".[tensorflow,jax,torch,test,demo]"
 	touch $@
 
 install: $(VENV)/.installed
