@@ -12,6 +12,7 @@ import shutil
 import keras
 import numpy as np
 from sklearn.datasets import load_digits
+from sklearn.linear_model import LogisticRegression
 
 import perceiver_keras as pk
 
@@ -39,25 +40,21 @@ def main():
     print(f"backend: {keras.backend.backend()}; "
           f"{len(train)} training and {len(test)} held-out digits")
 
-    # Pixels with 2-D Fourier positions -> 64 tokens; 32 latents read them.
-    backbone = pk.PerceiverBackbone(
-        inputs_shape=(8, 8, 1),
-        input_adapter=pk.PerceiverImageAdapter(
-            prep_type="pixels", num_bands=8, max_resolution=(8, 8)
-        ),
-        num_latents=32,
-        latent_dim=64,
-        num_blocks=2,
-        num_self_attends_per_block=2,
-        num_cross_attend_heads=1,
-        num_self_attend_heads=4,
-    )
+    # The recommended image config: a conv stem (7x7/2 conv, BatchNorm,
+    # ReLU, 3x3/2 pool) gives 2x2 tokens of 64 channels, 32 latents read
+    # them. Each pixel as a token with Fourier positions (64 tokens, the
+    # demo's model before) reached 0.942 here.
+    backbone = pk.PerceiverBackbone(**pk.recommended_config("image", (8, 8, 1)))
     classifier = pk.PerceiverClassifier(backbone, num_classes=10)
     print(f"parameters: {classifier.count_params():,}")
     classifier.fit(images[train], labels[train], batch_size=64,
                    epochs=args.epochs)  # Keras progress bar
     _, accuracy = classifier.evaluate(images[test], labels[test], verbose=0)
-    print(f"held-out accuracy: {accuracy:.3f}")
+    baseline = LogisticRegression(max_iter=2000).fit(
+        images[train].reshape(len(train), -1), labels[train]
+    ).score(images[test].reshape(len(test), -1), labels[test])
+    print(f"held-out accuracy: {accuracy:.3f} (logistic regression on the "
+          f"pixels: {baseline:.3f})")
 
     if os.path.exists(args.preset_dir):
         shutil.rmtree(args.preset_dir)
