@@ -21,6 +21,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 BACKEND = keras.config.backend()
 # One float32 training run against another: round-off only.
 TOLERANCE = 2e-5
+# Weights after the SGD steps: sharded reductions sum in another order and
+# each step's gradient round-off feeds the next step's forward pass (model
+# parallel on 8 devices, JAX 0.10.2: 3.0e-5, while training moves the
+# weights by 0.18).
+WEIGHT_TOLERANCE = 1e-4
 
 
 def run_check(backend, *arguments):
@@ -126,7 +131,7 @@ def test_fit_under_jax_distributions_equals_one_device(jax_report, task):
     assert report["weights_moved"] > 1e-2  # training changed the weights
     for name in ("data_parallel", "model_parallel"):
         assert_same_training(report[name], report["one_device"])
-        assert report[name + "_max_weight_diff"] <= TOLERANCE, name
+        assert report[name + "_max_weight_diff"] <= WEIGHT_TOLERANCE, name
         assert report[name + "_devices"] == 8
     assert report["data_parallel_sharded"] == 0  # replicated
     assert report["model_parallel_sharded"] >= 10
@@ -153,7 +158,7 @@ def test_mirrored_strategy_equals_one_device():
         entry = report[task]
         assert entry["weights_moved"] > 1e-2
         assert_same_training(entry["mirrored"], entry["one_device"])
-        assert entry["mirrored_max_weight_diff"] <= TOLERANCE, task
+        assert entry["mirrored_max_weight_diff"] <= WEIGHT_TOLERANCE, task
         assert entry["mirrored_variables"] == entry["num_weights"]
 
 

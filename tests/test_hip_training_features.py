@@ -84,7 +84,8 @@ def test_processor_latent_subsampling_at_training_time():
     for b in range(5):
         diff = np.abs(trained[b, 0][:, None] - evaluated[b, 0][None]).max(-1)
         rows = diff.argmin(1)
-        np.testing.assert_allclose(diff.min(1), 0, atol=1e-6)
+        # Float32 rounding differs between a 3- and an 8-latent batch.
+        np.testing.assert_allclose(diff.min(1), 0, atol=1e-5)
         assert len(set(rows)) == 3
         drawn.append(tuple(sorted(rows)))
     assert len(set(drawn)) > 1, drawn

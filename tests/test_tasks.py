@@ -22,7 +22,11 @@ def point_sets(n, seed):
 def make_classifier(pooling="query", dropout=0.0):
     backbone = PerceiverBackbone(
         inputs_shape=(12, 2),
-        input_adapter=PerceiverArrayAdapter(position_encoding=None),
+        # Projected: a LayerNorm over 2 raw channels keeps only their sign
+        # pattern, and the label needs the magnitudes.
+        input_adapter=PerceiverArrayAdapter(
+            position_encoding=None, input_projection_dim=16
+        ),
         num_latents=8, latent_dim=32, num_blocks=2,
         num_self_attends_per_block=1, num_self_attend_heads=4,
         dropout=dropout,
