@@ -198,6 +198,10 @@ def test_sequence_adapter_round_trips_and_counts_params():
     adapter = backbone.input_adapter
     clone = PerceiverSequenceAdapter.from_config(adapter.get_config())
     assert (clone.prep_type, clone.conv_pool) == ("conv", "average")
+    x = rng.normal(size=(2, 13, 1)).astype("float32")
+    clone.build(x.shape)
+    clone.set_weights(adapter.get_weights())
+    assert_close(clone(x), adapter(x))
     for length in (9, 40):
         x = rng.normal(size=(2, length, 1)).astype("float32")
         assert backbone.predict(x, verbose=0).shape == (2, 32, 64)

@@ -346,10 +346,11 @@ class ConvStem:
     """DeepMind's conv stem (its image preprocessor's "conv"), for 1-D
     sequences or 2-D images: a size-7 stride-2 convolution without bias,
     BatchNorm, ReLU, then a size-3 stride-2 max (or average) pool: 4x
-    downsampling.
-    One shared filter finds a local pattern wherever it lies. A mixin for
-    adapters: the layers are the adapter's own attributes (`conv`,
-    `batch_norm`), so weight paths stay those of the converters' tables."""
+    downsampling. One shared filter finds a local pattern wherever it lies.
+
+    A mixin for adapters: the layers are the adapter's own attributes
+    (`conv`, `batch_norm`), so weight paths stay those of the converters'
+    tables."""
 
     def make_conv_stem(self, rank, num_channels, same=True, pool="max"):
         """`same`: TensorFlow SAME padding (DeepMind); otherwise the input
@@ -459,10 +460,10 @@ class PerceiverSequenceAdapter(ConvStem, PerceiverArrayAdapter):
         return tuple(input_shape)
 
     def build_transform(self, input_shape):
-        self._check_rank(input_shape)
+        shape = self.transform_shape(input_shape)  # checks the rank first
         if self.prep_type == "conv":
             self.build_conv_stem(tuple(input_shape))
-        return self.transform_shape(input_shape)
+        return shape
 
     def transform(self, inputs, training=None):
         if self.prep_type == "conv":
