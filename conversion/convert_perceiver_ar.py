@@ -8,7 +8,9 @@ SOURCE is a DeepMind `checkpoint.dill` (google-research/perceiver-ar; then
 "deepmind_perceiver_ar" with `constructor_kwargs`) or a krasserm
 (perceiver-io) `save_pretrained` directory (`model.safetensors` or
 `pytorch_model.bin`) or an `hf://owner/name` of one. Files are read without
-executing anything from them. The preset appears at PRESET_DIR only once
+executing anything from them. A krasserm directory that holds its
+tokenizer (`spiece.model` or `tokenizer.json`) gets a SentencePiece
+preprocessor in the preset. The preset appears at PRESET_DIR only once
 complete.
 
 With `--inputs`, the converted model runs on an `inputs.npz` laid out as the

@@ -72,6 +72,9 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor imp
 from perceiver_keras.models.perceiver_ar.perceiver_ar_tokenizer import (  # noqa: E402
     PerceiverARTokenizer,
 )
+from perceiver_keras.models.perceiver_ar.perceiver_ar_sentence_piece_tokenizer import (  # noqa: E402
+    PerceiverARSentencePieceTokenizer,
+)
 from perceiver_keras.models.perceiver_ar.perceiver_ar_metrics import (  # noqa: E402
     BitsPerToken,
     Perplexity,

@@ -19,11 +19,17 @@ from perceiver_keras.models.perceiver_ar.perceiver_ar_backbone import (
 from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm import (
     PerceiverARCausalLM,
 )
+from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor import (  # noqa: E501
+    PerceiverARCausalLMPreprocessor,
+)
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     rotary_inverse_frequencies,
 )
 from perceiver_keras.models.perceiver_ar.perceiver_ar_presets import (
     KRASSERM_OPTIONS,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_sentence_piece_tokenizer import (  # noqa: E501
+    PerceiverARSentencePieceTokenizer,
 )
 from perceiver_keras.utils.deepmind_ar_checkpoint import (
     load_perceiver_ar_checkpoint,
@@ -33,6 +39,10 @@ from perceiver_keras.utils.hf_checkpoint import load_checkpoint_dir
 DEEPMIND_KIND = "deepmind_perceiver_ar"
 KRASSERM_KIND = "krasserm_perceiver_ar_clm"
 KRASSERM_MODEL_TYPE = "perceiver-ar-causal-language-model"
+# transformers' file name for an XLNet tokenizer's SentencePiece model, as
+# `save_pretrained` of krasserm's clm-base tokenizer writes it.
+SENTENCE_PIECE_FILE = "spiece.model"
+TOKENIZER_JSON = "tokenizer.json"
 
 _DEEPMIND_ACTIVATIONS = {"sq_relu": "squared_relu", "relu": "relu",
                          "gelu": "gelu_tanh"}
@@ -346,7 +356,8 @@ def read_krasserm_config(directory):
 
 def convert_krasserm(directory):
     """A `PerceiverARCausalLM` from a krasserm `save_pretrained` directory
-    (`model.safetensors` or `pytorch_model.bin`)."""
+    (`model.safetensors` or `pytorch_model.bin`), with a SentencePiece
+    preprocessor where the directory holds the tokenizer's `spiece.model`."""
     config = read_krasserm_config(directory)
     backbone = PerceiverARBackbone(
         **krasserm_backbone_kwargs(config["model_config"]))
@@ -366,7 +377,78 @@ def convert_krasserm(directory):
                 f"config implies, {expected.tolist()}."
             )
     assign_weights(backbone, krasserm_rows(backbone), state)
-    return PerceiverARCausalLM(backbone=backbone)
+    return PerceiverARCausalLM(
+        backbone=backbone, preprocessor=krasserm_preprocessor(
+            directory, backbone))
+
+
+def krasserm_preprocessor(directory, backbone):
+    """A SentencePiece preprocessor if `directory` holds clm-base's
+    tokenizer (`spiece.model`, or the `tokenizer.json` transformers 5
+    writes instead), else None: byte and MIDI models take ids.
+
+    krasserm trains and prompts without special tokens (its C4 data and
+    transformers' text generation add none), so neither is added here.
+    """
+    path = os.path.join(directory, SENTENCE_PIECE_FILE)
+    if os.path.isfile(path):
+        with open(path, "rb") as f:  # bytes: the tokenizer opens no path
+            proto = f.read()
+    elif os.path.isfile(os.path.join(directory, TOKENIZER_JSON)):
+        path = os.path.join(directory, TOKENIZER_JSON)
+        proto = sentence_piece_proto_from_tokenizer_json(path)
+    else:
+        return None
+    tokenizer = PerceiverARSentencePieceTokenizer(proto=proto)
+    if tokenizer.vocabulary_size() > backbone.vocabulary_size:
+        raise ValueError(
+            f"{path} has {tokenizer.vocabulary_size()} pieces; the model's "
+            f"vocabulary has {backbone.vocabulary_size} ids."
+        )
+    return PerceiverARCausalLMPreprocessor(
+        tokenizer, sequence_length=backbone.max_sequence_length,
+        num_latents=backbone.max_latents, add_start_token=False,
+        add_end_token=False)
+
+
+def sentence_piece_proto_from_tokenizer_json(path):
+    """The SentencePiece model behind a transformers XLNet `tokenizer.json`
+    (a Unigram vocabulary with scores and SentencePiece's precompiled
+    normalization map), serialized. Special tokens become control pieces."""
+    import base64
+
+    from sentencepiece import sentencepiece_model_pb2 as spm_model
+
+    with open(path) as f:
+        spec = json.load(f)
+    model = spec.get("model", {})
+    if model.get("type") != "Unigram":
+        raise ValueError(
+            f"{path}: expected an XLNet tokenizer (a Unigram model), found "
+            f"a {model.get('type')!r} model."
+        )
+    charsmap = [n.get("precompiled_charsmap") for n in (
+        (spec.get("normalizer") or {}).get("normalizers", []))
+        if n.get("type") == "Precompiled"]
+    special = {t["content"] for t in spec.get("added_tokens", [])
+               if t.get("special")}
+    proto = spm_model.ModelProto()
+    proto.trainer_spec.model_type = spm_model.TrainerSpec.UNIGRAM
+    proto.trainer_spec.unk_id = model["unk_id"]
+    proto.normalizer_spec.add_dummy_prefix = True
+    proto.normalizer_spec.remove_extra_whitespaces = True
+    proto.normalizer_spec.escape_whitespaces = True
+    if charsmap:
+        proto.normalizer_spec.precompiled_charsmap = base64.b64decode(
+            charsmap[0])
+    types = spm_model.ModelProto.SentencePiece
+    for i, (piece, score) in enumerate(model["vocab"]):
+        entry = proto.pieces.add(piece=piece, score=score)
+        if i == model["unk_id"]:
+            entry.type = types.UNKNOWN
+        elif piece in special:
+            entry.type = types.CONTROL
+    return proto.SerializeToString()
 
 
 # --- running fixture-style inputs ----------------------------------------------
@@ -473,8 +555,11 @@ def convert(source, config=None):
             "directory carries its config.json."
         )
     from perceiver_keras.conversion.hf import local_checkpoint
+    from perceiver_keras.conversion.hf import local_source
 
-    return convert_krasserm(local_checkpoint(source)), KRASSERM_KIND
+    directory = local_checkpoint(source)
+    local_source(source, (SENTENCE_PIECE_FILE, TOKENIZER_JSON))  # same snapshot
+    return convert_krasserm(directory), KRASSERM_KIND
 
 
 def run_inputs(causal_lm, kind, inputs):
