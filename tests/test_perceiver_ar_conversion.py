@@ -270,3 +270,45 @@ def test_cli_failed_conversion_leaves_no_preset(tmp_path, capsys):
     assert _cli([checkpoint, "--output", str(preset)]) == 1
     assert "--config" in capsys.readouterr().err
     assert not preset.exists() and os.listdir(tmp_path) == []
+
+
+# --- the chunked cross-attention on the same checkpoints ------------------------
+
+
+def chunked_copy(causal_lm, chunk_size):
+    """`causal_lm` with its cross-attention streamed over `chunk_size` keys
+    (7: the fixtures' contexts are not multiples, so the last chunk
+    overlaps its predecessor)."""
+    from perceiver_keras import PerceiverARBackbone, PerceiverARCausalLM
+
+    backbone = PerceiverARBackbone.from_config(dict(
+        causal_lm.backbone.get_config(), attention_implementation="chunked",
+        key_value_chunk_size=chunk_size))
+    backbone.set_weights(causal_lm.backbone.get_weights())
+    return PerceiverARCausalLM(backbone=backbone)
+
+
+@pytest.mark.parametrize("case", DEEPMIND_CASES)
+def test_deepmind_chunked_cross_attention_matches_the_reference(
+        deepmind_models, case):
+    directory, _, _ = deepmind_case(case)
+    inputs = load_npz(directory, "inputs.npz")
+    assert inputs["inputs"].shape[1] % 7
+    expected = load_npz(directory, "outputs.npz")
+    outputs = conversion.run_deepmind_inputs(
+        chunked_copy(deepmind_models[case], 7), inputs)
+    valid = expected["latent_last_steps"] >= 0
+    assert_close(outputs["logits"][valid], expected["logits"][valid])
+
+
+def test_krasserm_chunked_cross_attention_matches_the_reference(
+        krasserm_model):
+    inputs = load_npz(KRASSERM, "inputs.npz")
+    assert inputs["input_ids"].shape[1] % 7
+    outputs = conversion.run_krasserm_inputs(
+        chunked_copy(krasserm_model, 7), {
+            k: inputs[k] for k in ("input_ids", "attention_mask",
+                                   "prefix_len", "num_latents")})
+    expected = load_npz(KRASSERM, "outputs.npz")
+    assert_close(outputs["logits"], expected["logits"])
+    assert_close(outputs["last_hidden_state"], expected["last_hidden_state"])

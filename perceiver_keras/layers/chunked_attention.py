@@ -253,17 +253,25 @@ def _scaled_queries(q):
     return q * ops.cast(1.0 / math.sqrt(head_dim), q.dtype)
 
 
-def _chunk_scores(q, k, start, chunk, rows_taken, query_mask, key_mask):
+def _chunk_scores(q, k, start, chunk, rows_taken, query_mask, key_mask,
+                  key_limit=None):
     """Float32 masked scores `[B, H, Q, c]` of scaled queries and one chunk
     of keys starting at `start`."""
     s = ops.cast(ops.einsum("bqhd,bkhd->bhqk", q, k), "float32")
     allowed = None
+
+    def both(a, b):
+        return b if a is None else ops.logical_and(a, b)
+
     if key_mask is not None:
         allowed = ops.slice(key_mask, (0, start), (rows_taken, chunk))
         allowed = allowed[:, None, None, :]
     if query_mask is not None:
-        rows = query_mask[:, None, :, None]
-        allowed = rows if allowed is None else ops.logical_and(allowed, rows)
+        allowed = both(allowed, query_mask[:, None, :, None])
+    if key_limit is not None:
+        keys = ops.cast(start + ops.arange(chunk), key_limit.dtype)
+        allowed = both(allowed,
+                       keys[None, None, None, :] <= key_limit[:, None, :, None])
     if allowed is not None:
         s = ops.where(allowed, s, MASKED_LOGIT)
     return s
@@ -273,6 +281,13 @@ def _rows_taken(key_value):
     # -1 ("all") for a batch size unknown when traced: slices then keep
     # static shapes otherwise, which XLA needs for their gradients.
     return -1 if key_value.shape[0] is None else key_value.shape[0]
+
+
+def _key_chunk(x, start, chunk, rows_taken):
+    """Keys `start : start + chunk` of `[B, M, ...]` (static trailing dims)."""
+    rest = tuple(x.shape[2:])
+    return ops.slice(x, (0, start) + (0,) * len(rest),
+                     (rows_taken, chunk) + rest)
 
 
 def streaming_attend(
@@ -289,17 +304,23 @@ def streaming_attend(
     remat=False,
     variables=(),
     return_statistics=False,
+    key_limit=None,
 ):
     """Exact attention, streaming over key/value chunks.
 
     Args:
         q: projected queries `[B, Q, H, D]`.
         key_value: the raw key/value input `[B, M, C]`; only chunks of it
-            are ever normalised and projected.
-        project_key_value: `[B, c, C] -> (k [B, c, H, D], v [B, c, H, Dv])`.
+            are ever normalised and projected. A tuple of `[B, M, ...]`
+            tensors (an input and its key positions, say) is cut into the
+            same chunks.
+        project_key_value: `[B, c, C] -> (k [B, c, H, D], v [B, c, H, Dv])`
+            (one argument per tensor of a `key_value` tuple).
         value_head_dim: `Dv`.
         chunk_size: keys per chunk (the last chunk is clamped, see below).
         query_mask, key_mask: optional bool `[B, Q]`, `[B, M]`.
+        key_limit: optional int `[B, Q]`: query row q sees key j only if
+            `j <= key_limit[b, q]` (causal cross-attention, Perceiver AR).
         wipe_fully_masked_rows: see `attention.attend`.
         dropout_rate, dropout_seed: attention dropout (training only); the
             seed is a `[2]` tensor drawn once per call.
@@ -317,16 +338,19 @@ def streaming_attend(
         `[B, Q, H * Dv]` in the dtype of the queries (and `(m, l)`).
     """
     batch, num_queries, num_heads, head_dim = ops.shape(q)
-    num_keys, channels = ops.shape(key_value)[1], key_value.shape[-1]
+    key_values = tuple(key_value) if isinstance(
+        key_value, (tuple, list)) else (key_value,)
+    num_keys = ops.shape(key_values[0])[1]
     chunk, num_chunks, overlaps = _chunking(num_keys, chunk_size)
     key_mask = _flat_mask(key_mask, num_keys)
     query_mask = _flat_mask(query_mask, num_queries)
     q = _scaled_queries(q)
-    rows_taken = _rows_taken(key_value)
+    rows_taken = _rows_taken(key_values[0])
 
     def step(index, start, q, kv, m, l, acc):
-        k, v = project_key_value(kv)
-        s = _chunk_scores(q, k, start, chunk, rows_taken, query_mask, key_mask)
+        k, v = project_key_value(*kv)
+        s = _chunk_scores(q, k, start, chunk, rows_taken, query_mask, key_mask,
+                          key_limit)
         # m is only a stabiliser: the result does not depend on it.
         m_new = ops.stop_gradient(ops.maximum(m, ops.max(s, axis=-1)))
         p = ops.exp(s - m_new[..., None])
@@ -351,20 +375,21 @@ def streaming_attend(
 
     def body(index, carry):
         start = _chunk_start(index, chunk, num_keys)
-        kv = ops.slice(
-            key_value, (0, start, 0), (rows_taken, chunk, channels)
-        )
+        kv = tuple(_key_chunk(x, start, chunk, rows_taken)
+                   for x in key_values)
         if not remat:
             return step(index, start, q, kv, *carry)
 
         # Everything needing a gradient is an argument: TensorFlow's
         # recompute_grad differentiates arguments only (inside a loop).
-        def chunk_step(q, kv, m, l, acc, *values):
+        def chunk_step(q, m, l, acc, *tensors):
+            kv, values = tensors[:len(kv_list)], tensors[len(kv_list):]
             with keras.StatelessScope(state_mapping=zip(variables, values)):
                 return step(index, start, q, kv, m, l, acc)
 
+        kv_list = list(kv)
         values = [ops.convert_to_tensor(v.value) for v in variables]
-        return keras.remat(chunk_step)(q, kv, *carry, *values)
+        return keras.remat(chunk_step)(q, *carry, *kv_list, *values)
 
     rows = (batch, num_heads, num_queries)
     init = (

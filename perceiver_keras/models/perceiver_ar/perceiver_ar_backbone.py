@@ -37,6 +37,9 @@ from keras import ops
 from keras_hub.models import Backbone
 
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
+    check_implementation,
+)
+from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     PerceiverARCrossAttentionBlock,
 )
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
@@ -301,6 +304,16 @@ class PerceiverARStack(keras.layers.Layer):
             probability `prefix_dropout`, independently (shapes unchanged).
         layer_norm_epsilon: every LayerNorm's epsilon.
         kernel_initializer: of every Dense.
+        attention_implementation: the cross-attention over the context:
+            "plain" (`[B, heads, N, L]` scores), "chunked" (streamed over
+            key chunks: memory flat in `L` but for the keys' input), or
+            "auto" (chunked once one example's scores exceed 2**25).
+            Attention maps, cached generation and self-attention always
+            take the plain path.
+        key_value_chunk_size: keys per chunk (None: about 2**22 scores).
+        remat: recompute each chunk of the chunked cross-attention in the
+            backward pass (training memory flat in `L` but for the keys'
+            input).
     """
 
     def __init__(
@@ -344,6 +357,9 @@ class PerceiverARStack(keras.layers.Layer):
         prefix_dropout_kind="krasserm",
         layer_norm_epsilon=1e-5,
         kernel_initializer="glorot_uniform",
+        attention_implementation="auto",
+        key_value_chunk_size=None,
+        remat=False,
         **kwargs,
     ):
         _check_choice("mask_rules", mask_rules, MASK_RULES)
@@ -351,6 +367,7 @@ class PerceiverARStack(keras.layers.Layer):
         _check_choice("position_embedding", position_embedding,
                       POSITION_EMBEDDINGS)
         activation_fn(activation)
+        check_implementation(attention_implementation, key_value_chunk_size)
         if rotary_fraction is None:
             rotary_fraction = 0.5 if position_embedding else 1.0
         if not 0 <= rotary_fraction <= 1 or not 0 <= rotary_heads_fraction <= 1:
@@ -430,6 +447,9 @@ class PerceiverARStack(keras.layers.Layer):
             keras.random.SeedGenerator() if prefix_dropout else None)
         self.layer_norm_epsilon = layer_norm_epsilon
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
+        self.attention_implementation = attention_implementation
+        self.key_value_chunk_size = key_value_chunk_size
+        self.remat = remat
 
         # === Layers ===
         policy = self.dtype_policy
@@ -495,6 +515,8 @@ class PerceiverARStack(keras.layers.Layer):
                 rotary_fraction=rotary_fraction,
                 use_query_residual=use_query_residual,
                 latents_in_keys=latents_in_keys if i == 0 else False,
+                attention_implementation=attention_implementation,
+                key_value_chunk_size=key_value_chunk_size, remat=remat,
                 name=f"cross_attention_{i}", **shared,
             )
             block.build(shape_bl, shape_bl)
@@ -617,13 +639,11 @@ class PerceiverARStack(keras.layers.Layer):
         rotary = self.rotary_positions(positions)
         query_positions = gather_rows(rotary, index) + self.rotary_query_offset
 
-        keys = ops.arange(length, dtype="int32")[None, None, :]
-        cross_mask = ops.logical_and(
-            keys <= index[:, :, None], mask[:, None, :]
-        )
+        # Latent q sees input j iff j <= index[q] and key_mask[j].
+        key_mask = mask
         if dropout and self.prefix_dropout_kind == "deepmind":
-            cross_mask = ops.logical_and(
-                cross_mask, self._prefix_key_keep(index, length)[:, None, :])
+            key_mask = ops.logical_and(
+                key_mask, self._prefix_key_keep(index, length))
         n = ops.arange(num_latents, dtype="int32")
         causal = (n[None, :] <= n[:, None])[None]
         self_mask = self.self_attention_key_mask(causal, latent_valid)
@@ -636,13 +656,13 @@ class PerceiverARStack(keras.layers.Layer):
                                   *args, training=training)
 
         h = run(self.cross_attention_blocks[0], self.initial_query(latents),
-                x, query_positions, rotary, cross_mask)
+                x, query_positions, rotary, key_mask, index)
         extra = iter(self.cross_attention_blocks[1:])
         for i, block in enumerate(self.self_attention_blocks):
             h = run(block, h, query_positions, self_mask)
             if i in self.additional_cross_attend_after_layers:
                 h = run(next(extra), h, x, query_positions, rotary,
-                        cross_mask)
+                        key_mask, index)
         if self.output_norm is not None:
             h = self.output_norm(h)
         return (h, maps) if attention_names else h
@@ -740,6 +760,9 @@ class PerceiverARStack(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "attention_implementation": self.attention_implementation,
+                "key_value_chunk_size": self.key_value_chunk_size,
+                "remat": self.remat,
             }
         )
 

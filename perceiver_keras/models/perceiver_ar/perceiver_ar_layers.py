@@ -13,9 +13,31 @@ import numpy as np
 from keras import ops
 
 from perceiver_keras.layers.attention import attend
+from perceiver_keras.layers.chunked_attention import default_chunk_size
+from perceiver_keras.layers.chunked_attention import resolve_implementation
+from perceiver_keras.layers.chunked_attention import streaming_attend
+from perceiver_keras.layers.chunked_attention import validate_implementation
 from perceiver_keras.models.attention_maps import then
 
 ACTIVATIONS = ("squared_relu", "relu", "gelu_tanh", "gelu_erf")
+IMPLEMENTATIONS = ("auto", "plain", "chunked")
+
+
+def check_implementation(attention_implementation, key_value_chunk_size):
+    if attention_implementation not in IMPLEMENTATIONS:
+        raise ValueError(
+            f"`attention_implementation` must be one of {IMPLEMENTATIONS}. "
+            f"Received: attention_implementation={attention_implementation!r}."
+        )
+    validate_implementation(attention_implementation, key_value_chunk_size)
+
+
+def causal_key_mask(key_mask, key_limit, num_keys):
+    """Bool `[B, Q, K]`: key j allowed for query q iff `key_mask[b, j]` and
+    `j <= key_limit[b, q]`."""
+    keys = ops.arange(num_keys, dtype=key_limit.dtype)[None, None, :]
+    return ops.logical_and(keys <= key_limit[:, :, None],
+                           ops.cast(key_mask, "bool")[:, None, :])
 
 
 def activation_fn(name):
@@ -100,6 +122,15 @@ class PerceiverARAttention(keras.layers.Layer):
         rotary_max_wavelength, rotary_frequency_spacing: see
             `rotary_inverse_frequencies`.
         attention_dropout: dropout on the attention probabilities.
+        attention_implementation: for calls with a causal key mask
+            (`key_mask` + `key_limit`, the cross-attention): "plain" makes
+            the `[B, H, Q, K]` scores, "chunked" streams over key chunks
+            (memory flat in K), "auto" streams once the scores of one
+            example exceed 2**25 values (as `PerceiverAttention`).
+        key_value_chunk_size: keys per chunk (None: about 2**22 scores).
+        remat: on the chunked path, recompute each chunk in the backward
+            pass instead of keeping its `[B, H, Q, chunk]` probabilities,
+            so training memory stays flat in K too.
     """
 
     def __init__(
@@ -113,9 +144,16 @@ class PerceiverARAttention(keras.layers.Layer):
         rotary_frequency_spacing="arange",
         attention_dropout=0.0,
         kernel_initializer="glorot_uniform",
+        attention_implementation="auto",
+        key_value_chunk_size=None,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
+        check_implementation(attention_implementation, key_value_chunk_size)
+        self.attention_implementation = attention_implementation
+        self.key_value_chunk_size = key_value_chunk_size
+        self.remat = remat
         self.num_heads = num_heads
         self.use_qkv_bias = use_qkv_bias
         self.use_output_bias = use_output_bias
@@ -201,11 +239,49 @@ class PerceiverARAttention(keras.layers.Layer):
                      dropout=dropout, return_weights=return_attention)
         return then(out, return_attention, self.output_dense)
 
-    def call(self, query, key_value, query_positions, key_positions, mask,
-             training=None, return_attention=False):
+    def implementation_for(self, num_queries, num_keys):
+        """"plain" or "chunked" for a causal cross-attention of these sizes
+        (unknown sizes count as large)."""
+        chosen = resolve_implementation(
+            self.attention_implementation, self.num_heads, num_queries,
+            num_keys, dropout_active=True)  # never "fused"
+        return "plain" if chosen == "plain" else "chunked"
+
+    def call(self, query, key_value, query_positions, key_positions,
+             mask=None, training=None, return_attention=False,
+             key_mask=None, key_limit=None):
+        """`mask`: bool `[B, Q, K]`; or `key_mask` `[B, K]` with `key_limit`
+        `[B, Q]` (see `causal_key_mask`), which may take the chunked
+        path."""
         q = self.queries(query, query_positions)
+        if key_limit is not None:
+            num_keys = key_value.shape[1]
+            if not return_attention and self.implementation_for(
+                    query.shape[1], num_keys) == "chunked":
+                return self._streamed(q, key_value, key_positions, key_mask,
+                                      key_limit, training)
+            mask = causal_key_mask(key_mask, key_limit,
+                                   ops.shape(key_value)[1])
         k, v = self.keys_values(key_value, key_positions)
         return self.attend(q, k, v, mask, training, return_attention)
+
+    def _streamed(self, q, key_value, key_positions, key_mask, key_limit,
+                  training):
+        active = bool(training) and self.attention_dropout > 0
+        chunk_size = self.key_value_chunk_size or default_chunk_size(
+            self.num_heads, q.shape[1])
+        out = streaming_attend(
+            q, (key_value, key_positions), self.keys_values, self.head_dim,
+            chunk_size, key_mask=key_mask, key_limit=key_limit,
+            # A row with no allowed key averages all keys (both references).
+            wipe_fully_masked_rows=False,
+            dropout_rate=self.attention_dropout if active else 0.0,
+            dropout_seed=(self.dropout_layer.seed_generator.next()
+                          if active else None),
+            remat=self.remat,
+            variables=self.key_dense.weights + self.value_dense.weights,
+        )
+        return self.output_dense(out)
 
     def compute_output_shape(self, query_shape, *args, **kwargs):
         return tuple(query_shape)
@@ -225,6 +301,9 @@ class PerceiverARAttention(keras.layers.Layer):
                 "kernel_initializer": keras.initializers.serialize(
                     self.kernel_initializer
                 ),
+                "attention_implementation": self.attention_implementation,
+                "key_value_chunk_size": self.key_value_chunk_size,
+                "remat": self.remat,
             }
         )
         return config
@@ -308,8 +387,9 @@ class _Block(keras.layers.Layer):
                  use_output_bias=True, use_mlp_bias=True,
                  rotary_fraction=0.0, rotary_heads_fraction=1.0,
                  rotary_max_wavelength=10000,
-                 rotary_frequency_spacing="arange", attention_dropout=0.0, layer_norm_epsilon=1e-5,
-                 kernel_initializer="glorot_uniform", **kwargs):
+                 rotary_frequency_spacing="arange", attention_dropout=0.0,
+                 layer_norm_epsilon=1e-5, kernel_initializer="glorot_uniform",
+                 extra_attention_options=None, **kwargs):
         super().__init__(**kwargs)
         self.num_heads = num_heads
         self.widening_factor = widening_factor
@@ -334,7 +414,7 @@ class _Block(keras.layers.Layer):
                  rotary_max_wavelength=rotary_max_wavelength,
                  rotary_frequency_spacing=rotary_frequency_spacing,
                  attention_dropout=attention_dropout,
-                 kernel_initializer=init),
+                 kernel_initializer=init, **(extra_attention_options or {})),
             dict(widening_factor=widening_factor, activation=activation,
                  use_bias=use_mlp_bias, layer_norm_epsilon=layer_norm_epsilon,
                  kernel_initializer=init),
@@ -383,10 +463,16 @@ class PerceiverARCrossAttentionBlock(_Block):
     """
 
     def __init__(self, num_heads, use_query_residual=True,
-                 latents_in_keys=False, **kwargs):
-        super().__init__(num_heads, **kwargs)
+                 latents_in_keys=False, attention_implementation="auto",
+                 key_value_chunk_size=None, remat=False, **kwargs):
+        super().__init__(num_heads, extra_attention_options=dict(
+            attention_implementation=attention_implementation,
+            key_value_chunk_size=key_value_chunk_size, remat=remat), **kwargs)
         self.use_query_residual = use_query_residual
         self.latents_in_keys = latents_in_keys
+        self.attention_implementation = attention_implementation
+        self.key_value_chunk_size = key_value_chunk_size
+        self.remat = remat
 
     def build(self, query_shape, inputs_shape=None):
         inputs_shape = inputs_shape or query_shape
@@ -412,15 +498,16 @@ class PerceiverARCrossAttentionBlock(_Block):
         x = query + attended if self.use_query_residual else attended
         return self.mlp(x)
 
-    def call(self, query, inputs, query_positions, key_positions, mask,
-             training=None, return_attention=False):
-        """With `return_attention`, also the attention weights (see
-        `PerceiverARAttention.attend`)."""
+    def call(self, query, inputs, query_positions, key_positions, key_mask,
+             key_limit, training=None, return_attention=False):
+        """Query row q sees input j iff `key_mask[b, j]` and
+        `j <= key_limit[b, q]`. With `return_attention`, also the attention
+        weights (see `PerceiverARAttention.attend`)."""
         normed = self.query_norm(query)
         attended = self.attention(
             normed, self.key_input(inputs, normed), query_positions,
-            key_positions, mask, training=training,
-            return_attention=return_attention,
+            key_positions, key_mask=key_mask, key_limit=key_limit,
+            training=training, return_attention=return_attention,
         )
         return then(attended, return_attention,
                     lambda a: self.finish(query, a))
@@ -431,6 +518,9 @@ class PerceiverARCrossAttentionBlock(_Block):
             {
                 "use_query_residual": self.use_query_residual,
                 "latents_in_keys": self.latents_in_keys,
+                "attention_implementation": self.attention_implementation,
+                "key_value_chunk_size": self.key_value_chunk_size,
+                "remat": self.remat,
             }
         )
         return config
