@@ -107,9 +107,6 @@ def test_converted_model_under_mixed_bfloat16(converted_fixture):
 
 def test_converted_model_quantized_to_int8(converted_fixture):
     kind, task, x = converted_fixture
-    if kind != "mlm":  # 2 minutes a model under the parallel suite
-        pytest.skip("int8 is measured on the masked LM (Dense layers and "
-                    "the tied embedding); image_fourier: 0.0248 by hand")
     error = quantized_error(task, x, "int8")
     record(f"{kind} int8 scaled max|diff|", error)
     assert 1e-5 < error <= INT8_TOLERANCE
