@@ -42,8 +42,13 @@ Models are costly to build on this machine's 2 cores: build them once per
 module (`@pytest.fixture(scope="module")`) where checks only read them.
 """
 
+import contextlib
+import importlib.util
+import io
 import json
 import tempfile
+import types
+from pathlib import Path
 
 import keras
 import keras_hub
@@ -311,3 +316,25 @@ class PassThroughPreprocessor(keras_hub.models.Preprocessor):
 
     def call(self, x, y=None, sample_weight=None):
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+
+
+def load_script(name):
+    """`conversion/<name>.py` as a module (scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "conversion" / f"{name}.py"
+    module = importlib.util.module_from_spec(
+        importlib.util.spec_from_file_location(name, path))
+    module.__spec__.loader.exec_module(module)
+    return module
+
+
+def run_script(name, *args):
+    """`python conversion/<name>.py ARGS` in this process (no interpreter
+    start-up and imports per call): `returncode`, `stdout`, `stderr`."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = load_script(name).main([str(a) for a in args])
+        except SystemExit as e:  # argparse's usage errors
+            code = e.code
+    return types.SimpleNamespace(returncode=code, stdout=out.getvalue(),
+                                 stderr=err.getvalue())

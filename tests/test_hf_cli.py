@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close
+from harness import run_script
 from test_hf_models import build
 from test_hf_models import reference
 from test_hf_models import save
@@ -21,11 +22,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "conversion" / "convert_hf.py"
 
 
 def run_cli(*args):
-    env = {**os.environ, "KERAS_BACKEND": keras.backend.backend()}
-    return subprocess.run(
-        [sys.executable, str(SCRIPT), *map(str, args)],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    # In this process; test_offline_hub_id runs the script as a program.
+    return run_script("convert_hf", *args)
 
 
 def test_convert_run_and_compare(tmp_path):

@@ -10,7 +10,6 @@
   x 256 latents x 65,536 float32 scores, 512 MiB, at least twice.
 """
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 
 from perceiver_keras.conversion import cli
 from perceiver_keras.layers.chunked_attention import AttentionCall
+from harness import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB, GIB = 2**20, 2**30
@@ -59,15 +59,6 @@ def check_saved_outputs(path, backbone, x):
         expected = keras.ops.convert_to_numpy(backbone({"inputs": x}))
         np.testing.assert_allclose(saved["last_hidden_state"], expected,
                                    atol=2e-5)
-
-
-def load_script(name):
-    path = ROOT / "conversion" / f"{name}.py"
-    module = importlib.util.module_from_spec(
-        importlib.util.spec_from_file_location(name, path)
-    )
-    module.__spec__.loader.exec_module(module)
-    return module
 
 
 # --- the comparison: opt-in when it would not fit ----------------------------
