@@ -286,3 +286,22 @@ def test_builtin_name_builds_offline_or_says_how_to_convert(
     assert backbone.count_params() == lm.count_params()
     with pytest.raises(ValueError, match="convert_perceiver_ar.py hf://"):
         PerceiverARCausalLM.from_preset("tiny_test")
+
+
+@pytest.mark.parametrize("style", ["krasserm", "deepmind"])
+def test_predict_on_batch_at_changing_context_lengths(krasserm_lm,
+                                                      deepmind_lm, style):
+    """Compiled predict at one length after another: TensorFlow then
+    retraces with the length unknown (krasserm's keys once failed there),
+    and an unknown length takes the chunked cross-attention."""
+    lm = krasserm_lm if style == "krasserm" else deepmind_lm
+    rng = np.random.default_rng(0)
+    for length in (8, 13, 21):
+        x = {"token_ids": rng.integers(6, 262, (2, length)).astype("int32"),
+             "padding_mask": np.ones((2, length), bool)}
+        preprocessor, lm.preprocessor = lm.preprocessor, None
+        try:
+            predicted = lm.predict_on_batch(x)
+        finally:
+            lm.preprocessor = preprocessor
+        assert_close(predicted, lm(x))

@@ -489,7 +489,8 @@ class PerceiverARCrossAttentionBlock(_Block):
         if not self.latents_in_keys:
             return self.key_value_norm(inputs)
         num_latents = normed_query.shape[1]
-        prefix = inputs[:, : inputs.shape[1] - num_latents]
+        # ops.shape: the context length is unknown in a relaxed trace.
+        prefix = inputs[:, : ops.shape(inputs)[1] - num_latents]
         return ops.concatenate(
             [self.key_value_norm(prefix), normed_query], axis=1
         )
