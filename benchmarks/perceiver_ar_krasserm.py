@@ -26,6 +26,7 @@ Writes benchmarks/results/perceiver_ar_krasserm.{json,md}.
 import argparse
 import json
 import os
+import platform
 import resource
 import subprocess
 import sys
@@ -235,10 +236,22 @@ def main():
 def write(results, output):
     # JSON keys: the context lengths become strings, on both sides alike.
     results = json.loads(json.dumps(results))
+    results["written"] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "load_average": os.getloadavg()[0],
+    }
     with open(output + ".json", "w") as f:
         json.dump(results, f, indent=1)
+    header = (
+        f"Written by `python benchmarks/perceiver_ar_krasserm.py` on "
+        f"{results['written']['date']} ({results['written']['machine']}; "
+        f"krasserm's torch with {results['krasserm']['torch_threads']} "
+        f"threads; 1-minute load average at the end "
+        f"{results['written']['load_average']:.1f}). Model and "
+        f"measurements: the script's docstring.\n\n")
     with open(output + ".md", "w") as f:
-        f.write(markdown(results))
+        f.write(header + markdown(results))
 
 if __name__ == "__main__":
     main()

@@ -320,7 +320,8 @@ def streaming_attend(
         chunk_size: keys per chunk (the last chunk is clamped, see below).
         query_mask, key_mask: optional bool `[B, Q]`, `[B, M]`.
         key_limit: optional int `[B, Q]`: query row q sees key j only if
-            `j <= key_limit[b, q]` (causal cross-attention, Perceiver AR).
+            `j <= key_limit[b, q]` (causal cross-attention, Perceiver AR;
+            rows it leaves without keys are not wiped).
         wipe_fully_masked_rows: see `attention.attend`.
         dropout_rate, dropout_seed: attention dropout (training only); the
             seed is a `[2]` tensor drawn once per call.
@@ -383,13 +384,12 @@ def streaming_attend(
         # Everything needing a gradient is an argument: TensorFlow's
         # recompute_grad differentiates arguments only (inside a loop).
         def chunk_step(q, m, l, acc, *tensors):
-            kv, values = tensors[:len(kv_list)], tensors[len(kv_list):]
+            kv, values = tensors[:len(key_values)], tensors[len(key_values):]
             with keras.StatelessScope(state_mapping=zip(variables, values)):
                 return step(index, start, q, kv, m, l, acc)
 
-        kv_list = list(kv)
         values = [ops.convert_to_tensor(v.value) for v in variables]
-        return keras.remat(chunk_step)(q, *carry, *kv_list, *values)
+        return keras.remat(chunk_step)(q, *carry, *kv, *values)
 
     rows = (batch, num_heads, num_queries)
     init = (
