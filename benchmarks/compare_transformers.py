@@ -1,6 +1,6 @@
 """transformers' PyTorch Perceiver vs perceiver_keras on torch, JAX, TensorFlow.
 
-    python benchmarks/compare_transformers.py            # ~20 min on 2 cores
+    python benchmarks/compare_transformers.py            # ~11 min on 2 idle cores
     python benchmarks/compare_transformers.py --quick    # tiny sizes, ~3 min
     python benchmarks/compare_transformers.py --workloads language-mlm \
         --frameworks transformers jax --repeats 5 --no-write

@@ -357,7 +357,8 @@ def read_krasserm_config(directory):
 def convert_krasserm(directory):
     """A `PerceiverARCausalLM` from a krasserm `save_pretrained` directory
     (`model.safetensors` or `pytorch_model.bin`), with a SentencePiece
-    preprocessor where the directory holds the tokenizer's `spiece.model`."""
+    preprocessor where the directory holds the tokenizer (see
+    `krasserm_preprocessor`)."""
     config = read_krasserm_config(directory)
     backbone = PerceiverARBackbone(
         **krasserm_backbone_kwargs(config["model_config"]))

@@ -49,7 +49,8 @@ class PerceiverARSentencePieceTokenizer(SentencePieceTokenizer):
         super().__init__(proto=proto, **kwargs)
 
     def tokenize(self, inputs):
-        """A string -> a list of ids; strings (list, array) -> lists."""
+        """A string -> its ids (an array); strings (a list or an array) ->
+        a list of id lists."""
         self._check_vocabulary()
         if isinstance(inputs, (str, bytes)):
             return self._tokenize_spm(xlnet_normalize(_as_text(inputs)))
