@@ -33,11 +33,10 @@ import datetime
 import json
 import os
 import platform
-import subprocess
-import sys
 import time
 
 from memory_scaling import peak_rss_bytes  # (this folder)
+from memory_scaling import run_json_child
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "hip_memory")
@@ -112,22 +111,10 @@ def child(model, size, steps):
 
 
 def run_child(backend, model, size, steps, timeout):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, __file__, "--child", model, str(size),
-               "--steps", str(steps)]
-    start = time.perf_counter()
-    result = subprocess.run(command, env=env, capture_output=True,
-                            text=True, timeout=timeout)
-    wall = time.perf_counter() - start
-    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
-    if result.returncode or not lines:
-        return {"backend": backend, "model": model, "size": size,
-                "error": f"exit {result.returncode}: "
-                         + result.stderr[-1500:]}
-    record = json.loads(lines[-1])
-    record.update(backend=backend, model=model, size=size, steps=steps,
-                  wall=wall)
-    return record
+    return run_json_child(
+        backend, [__file__, "--child", model, str(size), "--steps",
+                  str(steps)],
+        dict(backend=backend, model=model, size=size, steps=steps), timeout)
 
 
 def table(records):

@@ -208,6 +208,26 @@ def child(size, chunk_size, train=False):
     }))
 
 
+def run_json_child(backend, arguments, labels, timeout):
+    """`python <arguments>` under KERAS_BACKEND=backend: the last JSON line
+    it prints, with `labels` and its `wall` time added; or `labels` with an
+    "error" (exit status and the end of stderr, or the timeout)."""
+    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    start = time.perf_counter()
+    try:
+        result = subprocess.run([sys.executable, *arguments], env=env,
+                                capture_output=True, text=True,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(labels, error=f"timed out after {timeout} s")
+    wall = time.perf_counter() - start
+    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
+    if result.returncode or not lines:
+        return dict(labels, error=f"exit {result.returncode}: "
+                                  + result.stderr[-1500:])
+    return dict(json.loads(lines[-1]), **labels, wall=wall)
+
+
 def run_child(backend, size, chunk_size, timeout, train=False,
               model="backbone", compare=True):
     import tempfile

@@ -35,11 +35,11 @@ import datetime
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 
 from memory_scaling import peak_rss_bytes  # (this folder)
+from memory_scaling import run_json_child
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESULTS = os.path.join(HERE, "results", "perceiver_ar_long_context")
@@ -111,24 +111,9 @@ def child(job, length):
 
 
 def run_child(backend, job, length, timeout):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, __file__, "--child", job, str(length)]
-    start = time.perf_counter()
-    try:
-        result = subprocess.run(command, env=env, capture_output=True,
-                                text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {"backend": backend, "job": job, "length": length,
-                "error": f"timed out after {timeout} s"}
-    wall = time.perf_counter() - start
-    lines = [l for l in result.stdout.splitlines() if l.startswith("{")]
-    if result.returncode or not lines:
-        return {"backend": backend, "job": job, "length": length,
-                "error": f"exit {result.returncode}: "
-                         + result.stderr[-1500:]}
-    record = json.loads(lines[-1])
-    record.update(backend=backend, job=job, length=length, wall=wall)
-    return record
+    return run_json_child(
+        backend, [__file__, "--child", job, str(length)],
+        dict(backend=backend, job=job, length=length), timeout)
 
 
 def linear_check(records):
