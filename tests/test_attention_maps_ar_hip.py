@@ -146,13 +146,24 @@ def reference_ar(backbone, config, inputs):
     else:  # latents end at each row's last token
         end = (mask * np.arange(1, length + 1)).max(1, keepdims=True)
     index = np.maximum(end - n + np.arange(n), -1)
+    latents = x[np.arange(batch)[:, None], index % length]
+    for dense in backbone.latent_query_layers:  # "linear": one Dense
+        latents = _dense(dense, latents)
+    # DeepMind's num_latents_per_position K: each position's query and
+    # last step repeated K times, a [K, C] embedding tiled over positions;
+    # latents see every latent whose last step is not later than theirs.
+    k = config.get("latents_per_position", 1)
+    index = np.repeat(index, k, 1)
+    latents = np.repeat(latents, k, 1)
+    if k > 1:
+        latents = latents + np.tile(
+            as64(backbone.latent_position_embedding), (n, 1))
     valid = (index >= 0) & np.take_along_axis(mask, index % length, 1)
     q_pos = np.take_along_axis(positions, index % length, 1)
     cross_mask = (np.arange(length) <= index[..., None]) & mask[:, None]
-    self_mask = np.tril(np.ones((n, n), bool))[None].repeat(batch, 0)
+    self_mask = index[:, None, :] <= index[:, :, None]
     if not krasserm:
-        self_mask = (self_mask & valid[:, None]) | np.eye(n, dtype=bool)
-    latents = x[np.arange(batch)[:, None], index % length]
+        self_mask = (self_mask & valid[:, None]) | np.eye(n * k, dtype=bool)
     activation = config.get("activation", "gelu_erf")
     fraction = config.get("rotary_fraction", 0.5)
     rotary_layers = config.get("num_rotary_self_attention_layers",
@@ -169,8 +180,6 @@ def reference_ar(backbone, config, inputs):
         return _ar_mlp(block, query + attended, activation)
 
     h = latents
-    for dense in backbone.latent_query_layers:  # "linear": one Dense
-        h = _dense(dense, h)
     blocks = iter(backbone.cross_attention_blocks)
     h = cross(next(blocks), h)
     for i, block in enumerate(backbone.self_attention_blocks):
@@ -183,6 +192,7 @@ def reference_ar(backbone, config, inputs):
             h = cross(next(blocks), h)
     if backbone.output_norm is not None:
         h = _ln(backbone.output_norm, h)
+    h = h.reshape(batch, n, k, -1).mean(2)  # each position's K latents
     return h, maps
 
 
@@ -316,3 +326,27 @@ def test_hip_chunked_maps_for_layers_asked_only(hip_backbones):
         backbone.attention_maps(inputs, "block_3/cross_attention")
     with pytest.raises(ValueError, match="one array per modality"):
         backbone.attention_maps({"image": inputs["image"]})
+
+
+def test_ar_latents_per_position_match_numpy():
+    """DeepMind's num_latents_per_position = 2: 4 positions x 2 latents,
+    rows with too few tokens and right padding; the output is each
+    position's mean."""
+    config = dict(AR_STYLES["deepmind"], latents_per_position=2)
+    backbone = randomized(PerceiverARBackbone(**config), 2)
+    inputs = _ar_inputs("deepmind")
+    expected_out, expected = reference_ar(backbone, config, inputs)
+    out = backbone.predict(inputs, verbose=0)
+    assert out.shape == (3, 4, 8)
+    assert_close(out, expected_out)
+    maps = backbone.attention_maps(inputs)
+    assert maps["self_attention_0"].shape == (3, 2, 8, 8)
+    for name in ("cross_attention_0", "self_attention_0"):
+        assert_close(maps[name], expected[name])
+    # Not the K = 1 model: the position embedding and grouping matter.
+    single = dict(AR_STYLES["deepmind"])
+    assert np.abs(expected_out - reference_ar(
+        backbone, single, inputs)[0]).max() > 1e-3
+    with pytest.raises(ValueError, match="latents_per_position"):
+        PerceiverARBackbone(**dict(AR_STYLES["krasserm"],
+                                   latents_per_position=2))

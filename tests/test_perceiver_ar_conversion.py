@@ -141,9 +141,36 @@ def test_deepmind_config_that_does_not_match_the_checkpoint_is_refused():
 
 def test_deepmind_unsupported_option_is_refused_by_name():
     _, config, checkpoint = deepmind_case("rotary")
-    kwargs = dict(config["constructor_kwargs"], num_latents_per_position=2)
-    with pytest.raises(ValueError, match="num_latents_per_position"):
+    kwargs = dict(config["constructor_kwargs"], mask_style="all")
+    with pytest.raises(ValueError, match="mask_style"):
         conversion.deepmind_backbone_kwargs(kwargs)
+
+
+def test_deepmind_latents_per_position_map_and_load():
+    """num_latents_per_position K: z_index_dim counts latents, ours
+    positions; `z_pos_enc/pos_embs` [K, C] is read into the backbone."""
+    from perceiver_keras import PerceiverARBackbone
+    from perceiver_keras.conversion.common import assign_weights
+
+    _, config, checkpoint = deepmind_case("rotary")
+    base = config["constructor_kwargs"]
+    kwargs = dict(base, num_latents_per_position=2,
+                  z_index_dim=2 * base["z_index_dim"])
+    mapped = conversion.deepmind_backbone_kwargs(kwargs)
+    assert mapped["latents_per_position"] == 2
+    assert mapped["max_latents"] == base["z_index_dim"]
+    backbone = PerceiverARBackbone(**mapped)
+    params, _ = load_perceiver_ar_checkpoint(checkpoint)
+    channels = base["num_z_channels"]
+    pos_embs = np.random.default_rng(0).normal(size=(2, channels))
+    params = dict(params, **{"perceiver_ar/~/z_pos_enc/pos_embs": pos_embs})
+    assign_weights(backbone, conversion.deepmind_rows(backbone), params)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(backbone.latent_position_embedding),
+        pos_embs, rtol=1e-6)
+    with pytest.raises(ValueError, match="multiple of"):
+        conversion.deepmind_backbone_kwargs(
+            dict(kwargs, z_index_dim=2 * base["z_index_dim"] + 1))
 
 
 # --- krasserm -------------------------------------------------------------------

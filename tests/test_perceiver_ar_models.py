@@ -305,3 +305,14 @@ def test_predict_on_batch_at_changing_context_lengths(krasserm_lm,
         finally:
             lm.preprocessor = preprocessor
         assert_close(predicted, lm(x))
+
+
+def test_generation_needs_one_latent_per_position():
+    backbone = PerceiverARBackbone(**dict(DEEPMIND_STYLE,
+                                          latents_per_position=2))
+    lm = PerceiverARCausalLM(backbone=backbone)
+    x = {"token_ids": np.ones((1, 8), "int32"),
+         "padding_mask": np.ones((1, 8), bool)}
+    assert tuple(lm(x).shape) == (1, 6, 262)  # positions, not latents
+    with pytest.raises(ValueError, match="latents_per_position=2"):
+        lm.generate(x, max_length=8)

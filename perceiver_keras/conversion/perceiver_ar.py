@@ -72,7 +72,6 @@ def deepmind_backbone_kwargs(kwargs):
     """`PerceiverAR(...)` constructor kwargs -> `PerceiverARBackbone` kwargs."""
     get = lambda name, default: kwargs.get(name, default)  # noqa: E731
     unsupported = {
-        "num_latents_per_position": 1,
         "include_initial_cross_attention": True,
         "mask_style": "final_block",
         "cross_attention_shape_for_attn": "kv",
@@ -125,6 +124,12 @@ def deepmind_backbone_kwargs(kwargs):
     size = kwargs["input_idx_size"][0] if not rotary else None
     if size == -1:
         size = kwargs["max_context_length"]
+    per_position = get("num_latents_per_position", 1)
+    if get("z_index_dim", 1024) % per_position:
+        raise ValueError(
+            f"z_index_dim={kwargs.get('z_index_dim')} is not a multiple of "
+            f"num_latents_per_position={per_position}."
+        )
     return dict(
         vocabulary_size=kwargs["num_classes"],
         hidden_dim=channels,
@@ -132,7 +137,9 @@ def deepmind_backbone_kwargs(kwargs):
         num_heads=get("num_transformer_heads", 8),
         num_cross_attention_heads=get("num_cross_attend_heads", 1),
         max_sequence_length=kwargs["max_context_length"],
-        max_latents=get("z_index_dim", 1024),
+        # DeepMind counts latents, ours positions (K latents each).
+        max_latents=get("z_index_dim", 1024) // per_position,
+        latents_per_position=per_position,
         cross_attention_widening_factor=get("cross_attend_widening_factor", 1),
         self_attention_widening_factor=get("transformer_widening_factor", 1),
         activation=_DEEPMIND_ACTIVATIONS[activation],
@@ -218,6 +225,9 @@ def deepmind_rows(backbone):
     if backbone.learned_query is not None:
         rows.append(("perceiver_ar/q_embed_learned", backbone.learned_query,
                      None))
+    if backbone.latent_position_embedding is not None:
+        rows.append((f"{p}z_pos_enc/pos_embs",
+                     backbone.latent_position_embedding, None))
     for i, block in enumerate(backbone.cross_attention_blocks):
         rows += _deepmind_cross_rows(
             f"{p}{_haiku_name('cross_attention', i)}", block)

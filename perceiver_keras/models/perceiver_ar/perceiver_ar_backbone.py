@@ -226,6 +226,7 @@ class PerceiverARBackbone(LayoutMapMixin, Backbone):
 # CausalLM's cached generation and the converters use, and the helpers.
 _STACK_ATTRIBUTES = (
     "position_embedding", "latent_query_layers", "learned_query",
+    "latent_position_embedding",
     "cross_attention_blocks", "self_attention_blocks", "output_norm",
     "logits_dense", "logits_bias", "position_embedding_kind",
     "embed", "rotary_positions", "initial_query", "token_logits",
@@ -314,6 +315,14 @@ class PerceiverARStack(keras.layers.Layer):
         remat: recompute each chunk of the chunked cross-attention in the
             backward pass (training memory flat in `L` but for the keys'
             input).
+        latents_per_position: DeepMind's `num_latents_per_position` K
+            (`mask_rules="deepmind"` only): each latent position carries K
+            latents, its initial query repeated K times plus a learned
+            `[K, hidden_dim]` embedding; they see each other and the
+            earlier positions' latents, and the output is their mean after
+            the final norm. `max_latents` and `num_latents` count positions
+            (DeepMind's `z_index_dim` is `max_latents * K`). Cached
+            generation needs K = 1.
     """
 
     def __init__(
@@ -360,6 +369,7 @@ class PerceiverARStack(keras.layers.Layer):
         attention_implementation="auto",
         key_value_chunk_size=None,
         remat=False,
+        latents_per_position=1,
         **kwargs,
     ):
         _check_choice("mask_rules", mask_rules, MASK_RULES)
@@ -368,6 +378,16 @@ class PerceiverARStack(keras.layers.Layer):
                       POSITION_EMBEDDINGS)
         activation_fn(activation)
         check_implementation(attention_implementation, key_value_chunk_size)
+        if (isinstance(latents_per_position, bool)
+                or not isinstance(latents_per_position, int)
+                or latents_per_position < 1
+                or (latents_per_position > 1 and mask_rules != "deepmind")):
+            raise ValueError(
+                "`latents_per_position` must be a positive integer (above 1 "
+                'only with mask_rules="deepmind"). Received: '
+                f"latents_per_position={latents_per_position!r}, "
+                f"mask_rules={mask_rules!r}."
+            )
         if rotary_fraction is None:
             rotary_fraction = 0.5 if position_embedding else 1.0
         if not 0 <= rotary_fraction <= 1 or not 0 <= rotary_heads_fraction <= 1:
@@ -450,6 +470,7 @@ class PerceiverARStack(keras.layers.Layer):
         self.attention_implementation = attention_implementation
         self.key_value_chunk_size = key_value_chunk_size
         self.remat = remat
+        self.latents_per_position = latents_per_position
 
         # === Layers ===
         policy = self.dtype_policy
@@ -493,6 +514,13 @@ class PerceiverARStack(keras.layers.Layer):
             self.learned_query = self.add_weight(
                 shape=(1, hidden_dim), name="learned_query",
                 initializer=keras.initializers.RandomNormal(stddev=0.02),
+            )
+        self.latent_position_embedding = None
+        if latents_per_position > 1:  # DeepMind's z_pos_enc
+            self.latent_position_embedding = self.add_weight(
+                shape=(latents_per_position, hidden_dim),
+                name="latent_position_embedding",
+                initializer=keras.initializers.TruncatedNormal(stddev=0.02),
             )
         shared = dict(
             activation=activation,
@@ -638,25 +666,34 @@ class PerceiverARStack(keras.layers.Layer):
         latent_valid = ops.logical_and(index >= 0, gather_rows(mask, index))
         rotary = self.rotary_positions(positions)
         query_positions = gather_rows(rotary, index) + self.rotary_query_offset
+        query = self.initial_query(gather_rows(x, index))
+        per_position = self.latents_per_position
+        if per_position > 1:  # K latents per position, consecutive
+            index, latent_valid, query_positions, query = (
+                ops.repeat(t, per_position, axis=1)
+                for t in (index, latent_valid, query_positions, query))
+            query = query + ops.tile(ops.cast(
+                self.latent_position_embedding, query.dtype)[None],
+                (1, num_latents, 1))
 
         # Latent q sees input j iff j <= index[q] and key_mask[j].
         key_mask = mask
         if dropout and self.prefix_dropout_kind == "deepmind":
             key_mask = ops.logical_and(
                 key_mask, self._prefix_key_keep(index, length))
-        n = ops.arange(num_latents, dtype="int32")
+        # Latents see their own position's and earlier positions' latents.
+        n = ops.arange(num_latents * per_position, dtype="int32")
+        n = n // per_position
         causal = (n[None, :] <= n[:, None])[None]
         self_mask = self.self_attention_key_mask(causal, latent_valid)
-
-        latents = gather_rows(x, index)
         maps = {}
 
         def run(block, *args):
             return call_recording(block, block.name, attention_names, maps,
                                   *args, training=training)
 
-        h = run(self.cross_attention_blocks[0], self.initial_query(latents),
-                x, query_positions, rotary, key_mask, index)
+        h = run(self.cross_attention_blocks[0], query, x, query_positions,
+                rotary, key_mask, index)
         extra = iter(self.cross_attention_blocks[1:])
         for i, block in enumerate(self.self_attention_blocks):
             h = run(block, h, query_positions, self_mask)
@@ -665,6 +702,9 @@ class PerceiverARStack(keras.layers.Layer):
                         key_mask, index)
         if self.output_norm is not None:
             h = self.output_norm(h)
+        if per_position > 1:  # the mean of each position's latents
+            h = ops.mean(ops.reshape(
+                h, (-1, num_latents, per_position, self.hidden_dim)), axis=2)
         return (h, maps) if attention_names else h
 
     def _drop_prefix(self, x, positions, mask, num_latents):
@@ -763,6 +803,7 @@ class PerceiverARStack(keras.layers.Layer):
                 "attention_implementation": self.attention_implementation,
                 "key_value_chunk_size": self.key_value_chunk_size,
                 "remat": self.remat,
+                "latents_per_position": self.latents_per_position,
             }
         )
 

@@ -304,6 +304,11 @@ class PerceiverARCausalLM(PerceiverTask, CausalLM, Functional):
 
     def _check_generation(self, num_latents):
         b = self.backbone
+        if b.latents_per_position != 1:
+            raise ValueError(
+                "Cached generation needs one latent per position; this "
+                f"backbone has latents_per_position={b.latents_per_position}."
+            )
         if not 0 < num_latents <= b.max_latents:
             raise ValueError(
                 f"`num_latents` must be in [1, max_latents={b.max_latents}]. "
@@ -362,6 +367,7 @@ class PerceiverARCausalLM(PerceiverTask, CausalLM, Functional):
             self._check_generation(num_latents)
             self.generation_num_latents = num_latents
             self.generate_function = None
+        self._check_generation(self.generation_num_latents)
         if self.preprocessor is None and stop_token_ids == "auto":
             stop_token_ids = None
         return super().generate(inputs, max_length=max_length,

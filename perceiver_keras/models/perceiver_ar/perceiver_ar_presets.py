@@ -141,7 +141,7 @@ PRESETS = {
             "terminal_relative_positions": False, "rotary_fraction": 0.0,
             "rotary_heads_fraction": 1.0, "rotary_max_wavelength": 131072,
             "rotary_frequency_spacing": "linspace", "rotary_query_offset": 0,
-            "negative_rotary_positions": False,
+            "latents_per_position": 1, "negative_rotary_positions": False,
             "num_rotary_self_attention_layers": None,
             "additional_cross_attend_after_layers": [], "final_norm": True,
             "tie_embeddings": False, "use_logits_bias": True,
