@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_close
+from harness import load_script
 from perceiver_keras.conversion.deepmind import KINDS
 from perceiver_keras.conversion.deepmind import checkpoint_tensors
 from perceiver_keras.conversion.deepmind import convert_deepmind
@@ -135,17 +136,8 @@ def test_cli_converts_runs_and_saves_a_loadable_preset(tmp_path):
                                            ["image_size"],) * 2
 
 
-def load_cli():
-    """The CLI script as a module, to call its `main(argv)` in-process."""
-    module = importlib.util.module_from_spec(
-        importlib.util.spec_from_file_location("convert_deepmind", CLI)
-    )
-    module.__spec__.loader.exec_module(module)
-    return module
-
-
 def test_cli_rejects_bad_arguments(tmp_path):
-    module = load_cli()
+    module = load_script("convert_deepmind")
     folder, config = fixture("image_fourier")
     checkpoint = folder / config["checkpoint"]
     with pytest.raises(SystemExit) as exit_info:  # neither --model nor --config
@@ -182,7 +174,7 @@ def test_cli_refuses_a_pickle_that_would_run_code(tmp_path, capsys):
     payload = {"params": {"x": _RunsShellCommand(f"touch {marker}")}}
     checkpoint.write_bytes(pickle.dumps(payload, protocol=3))
     folder, _ = fixture("image_conv")
-    code = load_cli().main([
+    code = load_script("convert_deepmind").main([
         str(checkpoint), "--config", str(folder / "config.json"),
         "--output", str(tmp_path / "preset"),
     ])

@@ -1,7 +1,6 @@
 """HiP against DeepMind's HiP / HiPClassBottleneck (fixtures made with
 google-deepmind/hierarchical_perceiver) and a NumPy reference."""
 
-import importlib.util
 import json
 import os
 
@@ -11,6 +10,7 @@ import pytest
 import hip_numpy_reference as reference
 from conftest import assert_close
 from conftest import to_numpy
+from harness import load_script
 from perceiver_keras.conversion.hip import convert_hip_backbone
 from perceiver_keras.conversion.hip import export_parameters
 from perceiver_keras.models.hip.hip_backbone import HiPBackbone
@@ -22,8 +22,6 @@ from perceiver_keras.models.hip.hip_layers import HiPRegroup
 from perceiver_keras.models.hip.hip_layers import group_plan
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "hip")
-CLI = os.path.join(os.path.dirname(__file__), "..", "conversion",
-                   "convert_hip.py")
 CASES = ("hip3_mae", "hipcb3_cls")
 
 
@@ -37,20 +35,12 @@ def fixture(case):
     return d, config, params, inputs, outputs
 
 
-def load_cli():
-    """conversion/convert_hip.py as a module, to call `main(argv)`."""
-    spec = importlib.util.spec_from_file_location("convert_hip", CLI)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.fixture(scope="module", params=CASES)
 def converted(request, tmp_path_factory):
     """Each fixture converted and run through the pinned command line."""
     d, config, params, inputs, expected = fixture(request.param)
     out = tmp_path_factory.mktemp(request.param)
-    status = load_cli().main([
+    status = load_script("convert_hip").main([
         os.path.join(d, "params.npz"),
         "--config", os.path.join(d, "config.json"),
         "--output", str(out / "preset"),
@@ -87,7 +77,7 @@ def test_cli_failure_leaves_no_preset(tmp_path):
     d, config, params, _, _ = fixture("hip3_mae")
     params.pop("perceiver/block_2/~/self_attend_id_0/layer_norm/scale")
     np.savez(tmp_path / "params.npz", **params)
-    status = load_cli().main([
+    status = load_script("convert_hip").main([
         str(tmp_path / "params.npz"),
         "--config", os.path.join(d, "config.json"),
         "--output", str(tmp_path / "preset"),

@@ -20,6 +20,7 @@ from perceiver_keras.utils.deepmind_ar_checkpoint import (
     load_perceiver_ar_checkpoint,
 )
 from perceiver_keras.utils.deepmind_checkpoint import UnsafeCheckpointError
+from harness import load_script
 from tests.conftest import assert_close
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "perceiver_ar")
@@ -239,14 +240,7 @@ def test_krasserm_wrong_rotary_buffer_is_refused(tmp_path):
 
 
 def _cli(argv):
-    import importlib.util
-
-    path = os.path.join(os.path.dirname(__file__), "..", "conversion",
-                        "convert_perceiver_ar.py")
-    spec = importlib.util.spec_from_file_location("convert_perceiver_ar", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main(argv)
+    return load_script("convert_perceiver_ar").main(argv)
 
 
 def test_cli_deepmind_then_from_preset(tmp_path):

@@ -6,11 +6,9 @@ their parameters re-drawn large enough that every weight matters, saved
 compared with transformers' own resampler module on the same features.
 """
 
-import importlib.util
 import json
 import os
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,6 +18,7 @@ transformers = pytest.importorskip("transformers")
 
 from conftest import assert_close  # noqa: E402
 from conftest import to_numpy  # noqa: E402
+from harness import load_script  # noqa: E402
 from perceiver_keras.conversion.resampler import convert_resampler  # noqa: E402
 from perceiver_keras.conversion.resampler import load_resampler  # noqa: E402
 from perceiver_keras.conversion.resampler import run_resampler  # noqa: E402
@@ -27,9 +26,6 @@ from perceiver_keras.models.resampler.resampler_encoder import (  # noqa: E402
     PerceiverResamplerEncoder,
 )
 
-SCRIPT = (
-    Path(__file__).resolve().parents[1] / "conversion" / "convert_resampler.py"
-)
 IDEFICS_WIDTH = 24
 IDEFICS2_WIDTH = 16
 
@@ -178,9 +174,7 @@ def test_only_resampler_shards_are_read(checkpoints, tmp_path):
 
 
 def test_command_line_round_trip(checkpoints, tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("convert_resampler", SCRIPT)
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("convert_resampler")
     x = features(IDEFICS2_WIDTH, seed=3)
     mask = np.ones((3, 7), dtype="int64")
     mask[0, 5:] = 0

@@ -470,9 +470,6 @@ class PerceiverARCrossAttentionBlock(_Block):
             key_value_chunk_size=key_value_chunk_size, remat=remat), **kwargs)
         self.use_query_residual = use_query_residual
         self.latents_in_keys = latents_in_keys
-        self.attention_implementation = attention_implementation
-        self.key_value_chunk_size = key_value_chunk_size
-        self.remat = remat
 
     def build(self, query_shape, inputs_shape=None):
         inputs_shape = inputs_shape or query_shape
@@ -519,9 +516,11 @@ class PerceiverARCrossAttentionBlock(_Block):
             {
                 "use_query_residual": self.use_query_residual,
                 "latents_in_keys": self.latents_in_keys,
-                "attention_implementation": self.attention_implementation,
-                "key_value_chunk_size": self.key_value_chunk_size,
-                "remat": self.remat,
+                # Kept by the attention layer, which uses them.
+                "attention_implementation":
+                    self.attention.attention_implementation,
+                "key_value_chunk_size": self.attention.key_value_chunk_size,
+                "remat": self.attention.remat,
             }
         )
         return config
