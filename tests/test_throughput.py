@@ -6,7 +6,8 @@ and by what runs, never by timings.
   with an unbuilt layer on every `train_on_batch`, and JAX runs it eagerly
   before each `predict_on_batch`. Counting the backbone's `call`s shows it.
 - `PerceiverDense` (2-D view of `[B, N, C]`) computes what Keras' Dense does;
-  on JAX with bfloat16 it asks XLA for float32 accumulation.
+  on JAX with bfloat16 it asks XLA for float32 accumulation, and so do the
+  backward pass's products (bfloat16 operands there too).
 - `from_preset(dir, dtype=...)` on a transformers directory builds the
   model in that dtype, close to float32.
 - Fourier features work under `torch.compile`.
@@ -161,6 +162,36 @@ def test_dense_on_a_2d_view_matches_keras_dense():
     assert ours.compute_output_shape((None, 5, 7)) == (None, 5, 4)
 
 
+def test_dense_under_mixed_precision_and_in_a_functional_model():
+    # On torch a built PerceiverDense skips Keras' `Layer.__call__`; the
+    # compute dtype, gradients and symbolic use must not notice.
+    x = np.random.default_rng(0).normal(size=(3, 5, 7)).astype("float32")
+    ours = PerceiverDense(4, dtype="mixed_bfloat16")
+    theirs = keras.layers.Dense(4, dtype="mixed_bfloat16")
+    ours.build(x.shape)
+    theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    out = ours(x)
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
+    assert keras.backend.standardize_dtype(ours.kernel.dtype) == "float32"
+    expected = np.asarray(keras.ops.convert_to_numpy(
+        keras.ops.cast(theirs(x), "float32")))
+    assert np.abs(np.asarray(keras.ops.convert_to_numpy(
+        keras.ops.cast(out, "float32"))) - expected).max() <= (
+        0.02 * np.abs(expected).max())
+    inputs = keras.Input((5, 7))
+    model = keras.Model(inputs, PerceiverDense(3, name="head")(inputs))
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    before = model.get_layer("head").get_weights()[0].copy()
+    model.train_on_batch(x, np.zeros((3, 5, 3), "float32"))
+    assert model.output_shape == (None, 5, 3)
+    # One SGD step on the mean squared error from a zero bias:
+    # kernel -= 0.1 * d(mean)/d(kernel).
+    grad = 2 * np.einsum("bnc,bnu->cu", x, x @ before) / (3 * 5 * 3)
+    assert_close(model.get_layer("head").get_weights()[0],
+                 before - 0.1 * grad, rtol=1e-5)
+
+
 def test_dense_with_bfloat16_accumulates_in_float32_on_jax():
     if BACKEND != "jax":
         pytest.skip("float32 accumulation is asked for on JAX only")
@@ -179,6 +210,110 @@ def test_dense_with_bfloat16_accumulates_in_float32_on_jax():
     assert np.abs(np.asarray(out, "float32") - expected).max() <= (
         0.02 * np.abs(expected).max()
     )
+
+
+@pytest.mark.parametrize("subscripts", [
+    "nc,cu->nu", "bqhd,bkhd->bhqk", "bhqk,bkhd->bqhd",
+    # Batch axes apart: XLA:CPU cannot run these as they are.
+    "bqhd,bhqk->bkhd", "bhqk,bqhd->bhkd",
+])
+def test_half_product_and_its_gradient_match_float32_on_jax(subscripts):
+    if BACKEND != "jax":
+        pytest.skip("float32 accumulation is asked for on JAX only")
+    import jax
+    import jax.numpy as jnp
+
+    from perceiver_keras.layers.dense import half_product
+
+    sizes = dict(n=6, c=5, u=4, b=2, q=3, k=7, h=2, d=4)
+    (a_indices, b_indices), out = subscripts.split("->")[0].split(","), (
+        subscripts.split("->")[1])
+    rng = np.random.default_rng(0)
+    # Values exact in bfloat16, so only the accumulation could differ.
+    a, b = (np.round(rng.normal(size=[sizes[i] for i in indices]) * 8) / 8
+            for indices in (a_indices, b_indices))
+    weight = rng.normal(size=[sizes[i] for i in out])
+
+    def loss(f, x, y):
+        return jnp.sum(f(x, y) * weight)
+
+    half = jax.jit(jax.grad(lambda x, y: loss(half_product(subscripts), x, y),
+                            (0, 1)))
+    da, db = half(a.astype("bfloat16"), b.astype("float32"))
+    reference = jax.grad(lambda x, y: loss(
+        lambda p, r: jnp.einsum(subscripts, p, r), x, y), (0, 1))(a, b)
+    out = half_product(subscripts)(a.astype("bfloat16"), b.astype("bfloat16"))
+    assert str(out.dtype) == "float32"
+    assert_close(out, np.einsum(subscripts, a, b), rtol=1e-6)
+    # `a`'s gradient in bfloat16, `b`'s in its own float32: each one
+    # product of a bfloat16-rounded cotangent, accumulated in float32.
+    assert (str(da.dtype), str(db.dtype)) == ("bfloat16", "float32")
+    for grad, expected in zip((da, db), reference):
+        scale = np.abs(np.asarray(expected)).max()
+        assert np.abs(np.asarray(grad, "float32") - expected).max() <= (
+            0.02 * scale)
+
+
+def test_half_product_refuses_an_index_summed_in_one_operand():
+    from perceiver_keras.layers.dense import einsum_transposes
+
+    assert einsum_transposes("nc,cu->nu") == ("nu,cu->nc", "nc,nu->cu")
+    with pytest.raises(ValueError, match="subscripts"):
+        einsum_transposes("nc,u->nu")
+
+
+def dot_operand_dtypes(jaxpr):
+    """The operand dtypes of every `dot_general` in a jaxpr, sub-jaxprs
+    (jit, remat, loops, custom gradients) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    found += dot_operand_dtypes(sub)
+    return found
+
+
+def test_mixed_bfloat16_backward_products_are_bfloat16_on_jax():
+    if BACKEND != "jax":
+        pytest.skip("float32 accumulation is asked for on JAX only")
+    import jax
+
+    x = example_inputs("point_set", batch=4)
+    labels = np.arange(4) % 3
+
+    def gradients(policy):
+        keras.utils.set_random_seed(0)
+        model = PerceiverClassifier(PerceiverBackbone(**recommended_config(
+            "point_set", SHAPES["point_set"], dtype=policy)), num_classes=3,
+            dtype=policy)
+        model(x)
+        trainable = [v.value for v in model.trainable_variables]
+        others = [v.value for v in model.non_trainable_variables]
+
+        def loss(weights):
+            logits, _ = model.stateless_call(weights, others, x)
+            return keras.losses.sparse_categorical_crossentropy(
+                labels, logits.astype("float32"), from_logits=True).mean()
+
+        return jax.make_jaxpr(jax.grad(loss))(trainable), jax.grad(loss)(
+            trainable)
+
+    jaxpr, grads = gradients("mixed_bfloat16")
+    dtypes = dot_operand_dtypes(jaxpr.jaxpr)
+    # Forward and backward: every product of the model reads bfloat16.
+    assert len(dtypes) > 30
+    assert set(dtypes) == {("bfloat16", "bfloat16")}, set(dtypes)
+    _, reference = gradients("float32")
+    assert all(str(g.dtype) == "float32" for g in grads)  # float32 weights
+    flat = np.concatenate([np.ravel(g) for g in grads])
+    expected = np.concatenate([np.ravel(g) for g in reference])
+    # bfloat16 products: the gradient points the same way as float32's.
+    cosine = flat @ expected / np.linalg.norm(flat) / np.linalg.norm(expected)
+    assert cosine > 0.99, cosine
 
 
 def test_fourier_features_under_torch_compile():

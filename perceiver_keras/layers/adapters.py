@@ -11,6 +11,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.position_encoding import FourierPositionEncoding
 from perceiver_keras.layers.position_encoding import TrainablePositionEncoding
 from perceiver_keras.layers.position_encoding import fourier_channels
@@ -182,7 +183,7 @@ class PerceiverArrayAdapter(keras.layers.Layer):
             )
         self.input_projection = None
         if self.input_projection_dim:
-            self.input_projection = keras.layers.Dense(
+            self.input_projection = PerceiverDense(
                 self.input_projection_dim,
                 dtype=self.dtype_policy,
                 name="input_projection",
@@ -225,7 +226,7 @@ class PerceiverArrayAdapter(keras.layers.Layer):
                     self.sine_only,
                 )
             )
-            self.position_projection = keras.layers.Dense(
+            self.position_projection = PerceiverDense(
                 self.project_pos_dim,
                 dtype=self.dtype_policy,
                 name="position_projection",
@@ -550,7 +551,7 @@ class PerceiverImageAdapter(ConvStem, PerceiverArrayAdapter):
                 )
             self.make_conv_stem(2, num_channels, conv_padding == "same")
         elif prep_type == "patches" and conv_after_patching:
-            self.patch_projection = keras.layers.Dense(
+            self.patch_projection = PerceiverDense(
                 num_channels, dtype=self.dtype_policy, name="patch_projection"
             )
 

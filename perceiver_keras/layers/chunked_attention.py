@@ -25,6 +25,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from perceiver_keras.layers.dense import einsum
+
 IMPLEMENTATIONS = ("auto", "plain", "chunked", "fused")
 
 # "auto" keeps the plain path while one example's scores (heads x queries x
@@ -257,7 +259,7 @@ def _chunk_scores(q, k, start, chunk, rows_taken, query_mask, key_mask,
                   key_limit=None):
     """Float32 masked scores `[B, H, Q, c]` of scaled queries and one chunk
     of keys starting at `start`."""
-    s = ops.cast(ops.einsum("bqhd,bkhd->bhqk", q, k), "float32")
+    s = ops.cast(einsum("bqhd,bkhd->bhqk", q, k, True), "float32")
     allowed = None
 
     def both(a, b):

@@ -244,7 +244,7 @@ class PerceiverMeanPoolDecoder(keras.layers.Layer):
     def build(self, latents_shape):
         self.norm = layer_norm("norm", self.dtype_policy)
         self.norm.build((latents_shape[0], latents_shape[-1]))
-        self.output_dense = keras.layers.Dense(
+        self.output_dense = PerceiverDense(
             self.output_channels, dtype=self.dtype_policy, name="output"
         )
         self.output_dense.build((latents_shape[0], latents_shape[-1]))

@@ -31,6 +31,7 @@ from keras import ops
 
 from perceiver_keras.layers.attention import attend
 from perceiver_keras.layers.attention import attention_mask_from
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.utils import ConfigArgumentsMixin
 from perceiver_keras.layers.utils import clone_initializer
 
@@ -112,7 +113,7 @@ def check_key_value_heads(num_heads, num_key_value_heads):
 def bias_free_dense(layer, units, name):
     """A bias-free Dense under `layer`'s dtype policy, with a fresh copy of
     its `kernel_initializer` (every projection of the resampler)."""
-    return keras.layers.Dense(
+    return PerceiverDense(
         units, use_bias=False, dtype=layer.dtype_policy, name=name,
         kernel_initializer=clone_initializer(layer.kernel_initializer),
     )

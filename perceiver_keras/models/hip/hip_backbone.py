@@ -9,6 +9,7 @@ heads: the model maps a dict of modalities to their reconstructions.
 import keras
 from keras_hub.models import Backbone
 
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.models.hip.hip_layers import HiPBlock
 from perceiver_keras.models.hip.hip_layers import HiPEmbedding
 from perceiver_keras.models.hip.hip_layers import HiPGroup
@@ -327,7 +328,7 @@ class HiPBackbone(ValidatedInputsMixin, LayoutMapMixin, Backbone):
         )
         # DeepMind initialises the output projections to zero.
         self.unembeddings = {
-            name: keras.layers.Dense(
+            name: PerceiverDense(
                 channels, kernel_initializer="zeros", dtype=dtype,
                 name=f"unembedding_{name}",
             )

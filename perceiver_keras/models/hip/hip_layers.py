@@ -19,6 +19,7 @@ import numpy as np
 from keras import ops
 
 from perceiver_keras.layers.attention import PerceiverAttention
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.utils import layer_norm
 from perceiver_keras.models.attention_maps import call_recording
 from perceiver_keras.models.attention_maps import then
@@ -237,7 +238,7 @@ class HiPEmbedding(keras.layers.Layer):
         self.project_position_encoding = bool(project_position_encoding)
 
     def build(self, input_shape):
-        self.embed = keras.layers.Dense(
+        self.embed = PerceiverDense(
             self.num_channels, kernel_initializer=HAIKU_INIT,
             dtype=self.dtype_policy, name="embed",
         )
@@ -249,7 +250,7 @@ class HiPEmbedding(keras.layers.Layer):
         )
         self.position_projection = None
         if self.project_position_encoding:
-            self.position_projection = keras.layers.Dense(
+            self.position_projection = PerceiverDense(
                 self.num_channels, use_bias=False,
                 kernel_initializer=HAIKU_INIT, dtype=self.dtype_policy,
                 name="position_projection",
@@ -283,7 +284,7 @@ class HiPEmbedding(keras.layers.Layer):
 
 
 def _dense(units, name, dtype, use_bias=True):
-    return keras.layers.Dense(
+    return PerceiverDense(
         units, use_bias=use_bias, kernel_initializer=HAIKU_INIT, dtype=dtype,
         name=name,
     )

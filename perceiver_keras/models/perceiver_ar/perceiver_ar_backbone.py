@@ -36,6 +36,7 @@ import numpy as np
 from keras import ops
 from keras_hub.models import Backbone
 
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.models.perceiver_ar.perceiver_ar_layers import (
     check_implementation,
 )
@@ -504,7 +505,7 @@ class PerceiverARStack(keras.layers.Layer):
             units = 1 + (latent_query_mlp_layers if latent_query == "mlp"
                          else 0)
             for i in range(units):
-                dense = keras.layers.Dense(
+                dense = PerceiverDense(
                     hidden_dim, kernel_initializer=self._init(), dtype=policy,
                     name=f"latent_query_{i}" if i else "latent_query",
                 )
@@ -573,7 +574,7 @@ class PerceiverARStack(keras.layers.Layer):
             self.output_norm.build(shape_bl)
         self.logits_dense = None
         if not tie_embeddings:
-            self.logits_dense = keras.layers.Dense(
+            self.logits_dense = PerceiverDense(
                 vocabulary_size, use_bias=use_logits_bias,
                 kernel_initializer=self._init(), dtype=policy, name="logits",
             )

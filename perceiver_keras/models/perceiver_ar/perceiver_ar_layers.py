@@ -17,6 +17,7 @@ from perceiver_keras.layers.chunked_attention import default_chunk_size
 from perceiver_keras.layers.chunked_attention import resolve_implementation
 from perceiver_keras.layers.chunked_attention import streaming_attend
 from perceiver_keras.layers.chunked_attention import validate_implementation
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.models.attention_maps import then
 
 ACTIVATIONS = ("squared_relu", "relu", "gelu_tanh", "gelu_erf")
@@ -165,7 +166,7 @@ class PerceiverARAttention(keras.layers.Layer):
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
     def _dense(self, units, use_bias, name):
-        return keras.layers.Dense(
+        return PerceiverDense(
             units,
             use_bias=use_bias,
             kernel_initializer=keras.initializers.get(
@@ -331,12 +332,12 @@ class PerceiverARMLP(keras.layers.Layer):
             epsilon=self.layer_norm_epsilon, dtype=self.dtype_policy,
             name="norm",
         )
-        self.hidden_dense = keras.layers.Dense(
+        self.hidden_dense = PerceiverDense(
             channels * self.widening_factor, use_bias=self.use_bias,
             kernel_initializer=keras.initializers.get(init),
             dtype=self.dtype_policy, name="hidden",
         )
-        self.output_dense = keras.layers.Dense(
+        self.output_dense = PerceiverDense(
             channels, use_bias=self.use_bias,
             kernel_initializer=keras.initializers.get(init),
             dtype=self.dtype_policy, name="output",

@@ -39,6 +39,7 @@ def recommended_config(kind, inputs_shape=None, **overrides):
         **overrides: any `PerceiverBackbone` argument.
     """
     latent_dim = overrides.get("latent_dim", 64)
+    dtype = overrides.get("dtype")  # the adapter's too, as every layer's
     if kind == "image":
         inputs_shape = tuple(inputs_shape or (32, 32, 3))
         # DeepMind's conv stem (7x7/2 conv, BatchNorm, ReLU, 3x3/2 max
@@ -54,6 +55,7 @@ def recommended_config(kind, inputs_shape=None, **overrides):
             num_bands=4,
             max_resolution=None if None in grid else grid,
             name="input_adapter",
+            dtype=dtype,
         )
     elif kind == "sequence":
         inputs_shape = tuple(inputs_shape or (None, 1))
@@ -73,6 +75,7 @@ def recommended_config(kind, inputs_shape=None, **overrides):
             num_bands=4,
             max_resolution=(math.ceil(length / 4) if length else 256,),
             name="input_adapter",
+            dtype=dtype,
         )
     elif kind == "point_set":
         inputs_shape = tuple(inputs_shape or (None, 3))
@@ -87,11 +90,13 @@ def recommended_config(kind, inputs_shape=None, **overrides):
             feature_max_frequency=4.0,
             input_projection_dim=latent_dim,
             name="input_adapter",
+            dtype=dtype,
         )
     elif kind == "text":
         inputs_shape = tuple(inputs_shape or (512,))
         adapter = PerceiverTokenAdapter(
-            262, latent_dim, inputs_shape[0], name="input_adapter"
+            262, latent_dim, inputs_shape[0], name="input_adapter",
+            dtype=dtype,
         )
     else:
         raise ValueError(

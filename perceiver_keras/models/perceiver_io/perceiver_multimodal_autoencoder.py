@@ -6,6 +6,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.multimodal import PerceiverMultimodalAdapter
 from perceiver_keras.layers.multimodal import PerceiverMultimodalQueries
 from perceiver_keras.layers.multimodal import PerceiverTokenInput
@@ -110,13 +111,13 @@ class PerceiverMultimodalAutoencoder(PerceiverTask):
             output_channels=decoder_output_channels,
         )
         audio_adapter = input_adapter.modalities["audio"]
-        self.audio_head = keras.layers.Dense(
+        self.audio_head = PerceiverDense(
             audio_adapter.samples_per_patch, dtype=dtype, name="audio_head"
         )
-        self.image_head = keras.layers.Dense(
+        self.image_head = PerceiverDense(
             image_output_channels, dtype=dtype, name="image_head"
         )
-        self.label_head = keras.layers.Dense(
+        self.label_head = PerceiverDense(
             inputs_shape["label"][-1], dtype=dtype, name="label_head"
         )
 
