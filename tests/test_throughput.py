@@ -146,13 +146,20 @@ def test_from_preset_honours_dtype_on_a_transformers_directory(
     assert agreement >= 0.9, agreement
 
 
-def test_dense_on_a_2d_view_matches_keras_dense():
+def dense_pair(**kwargs):
+    """A `[3, 5, 7]` input, a built PerceiverDense(4) and a Keras Dense(4)
+    with the same weights."""
     x = np.random.default_rng(0).normal(size=(3, 5, 7)).astype("float32")
-    ours = PerceiverDense(4, activation="gelu")
-    theirs = keras.layers.Dense(4, activation="gelu")
+    ours = PerceiverDense(4, **kwargs)
+    theirs = keras.layers.Dense(4, **kwargs)
     ours.build(x.shape)
     theirs.build(x.shape)
     theirs.set_weights(ours.get_weights())
+    return x, ours, theirs
+
+
+def test_dense_on_a_2d_view_matches_keras_dense():
+    x, ours, theirs = dense_pair(activation="gelu")
     kernel, bias = ours.get_weights()
     expected = keras.ops.convert_to_numpy(theirs(x))
     assert_close(ours(x), expected, rtol=1e-6)
@@ -165,12 +172,7 @@ def test_dense_on_a_2d_view_matches_keras_dense():
 def test_dense_under_mixed_precision_and_in_a_functional_model():
     # On torch a built PerceiverDense skips Keras' `Layer.__call__`; the
     # compute dtype, gradients and symbolic use must not notice.
-    x = np.random.default_rng(0).normal(size=(3, 5, 7)).astype("float32")
-    ours = PerceiverDense(4, dtype="mixed_bfloat16")
-    theirs = keras.layers.Dense(4, dtype="mixed_bfloat16")
-    ours.build(x.shape)
-    theirs.build(x.shape)
-    theirs.set_weights(ours.get_weights())
+    x, ours, theirs = dense_pair(dtype="mixed_bfloat16")
     out = ours(x)
     assert keras.backend.standardize_dtype(out.dtype) == "bfloat16"
     assert keras.backend.standardize_dtype(ours.kernel.dtype) == "float32"
@@ -262,21 +264,6 @@ def test_half_product_refuses_an_index_summed_in_one_operand():
         einsum_transposes("nc,u->nu")
 
 
-def dot_operand_dtypes(jaxpr):
-    """The operand dtypes of every `dot_general` in a jaxpr, sub-jaxprs
-    (jit, remat, loops, custom gradients) included."""
-    found = []
-    for eqn in jaxpr.eqns:
-        if eqn.primitive.name == "dot_general":
-            found.append(tuple(str(v.aval.dtype) for v in eqn.invars))
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else [param]:
-                sub = getattr(sub, "jaxpr", sub)
-                if hasattr(sub, "eqns"):
-                    found += dot_operand_dtypes(sub)
-    return found
-
-
 def test_mixed_bfloat16_backward_products_are_bfloat16_on_jax():
     if BACKEND != "jax":
         pytest.skip("float32 accumulation is asked for on JAX only")
@@ -302,8 +289,11 @@ def test_mixed_bfloat16_backward_products_are_bfloat16_on_jax():
         return jax.make_jaxpr(jax.grad(loss))(trainable), jax.grad(loss)(
             trainable)
 
+    from jax_time_breakdown import products_of  # benchmarks/ (on sys.path)
+
     jaxpr, grads = gradients("mixed_bfloat16")
-    dtypes = dot_operand_dtypes(jaxpr.jaxpr)
+    dtypes = [(str(lhs.dtype), str(rhs.dtype))
+              for lhs, rhs, _ in products_of(jaxpr.jaxpr)]
     # Forward and backward: every product of the model reads bfloat16.
     assert len(dtypes) > 30
     assert set(dtypes) == {("bfloat16", "bfloat16")}, set(dtypes)

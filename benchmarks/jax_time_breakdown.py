@@ -1,0 +1,197 @@
+"""Where a JAX inference call's time goes: matrix products against the rest.
+
+    KERAS_BACKEND=jax python benchmarks/jax_time_breakdown.py              # ~3 min
+    KERAS_BACKEND=jax python benchmarks/jax_time_breakdown.py --workloads language-mlm
+
+For a workload of `compare_transformers.py` (the same transformers
+checkpoint, loaded with `PerceiverTask.from_preset`), it times the compiled
+`predict_on_batch` (median of `--repeats` after a warm-up), then lists the
+`dot_general`s of the model's jaxpr (sub-jaxprs included) and times each
+distinct product alone under `jax.jit` on random operands of its shapes and
+dtypes (median of `--repeats`). The sum over products, times their count,
+is the call's *product time*; the rest of the call (softmax, LayerNorm,
+GELU, Fourier features, copies) is what `% of limit` loses beyond the
+products' own rate. The limit is a float32 n x n `jax.jit` matmul, as in
+`compare_transformers.py`. Prints one JSON line per workload; writes
+`results/jax_time_breakdown.{md,json}` unless `--no-write`.
+"""
+
+import argparse
+import collections
+import json
+import math
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def median_time(call, repeats):
+    call()  # compile, allocate
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def products_of(jaxpr):
+    """`(lhs aval, rhs aval, params)` of every `dot_general`, sub-jaxprs
+    (jit, loops, custom gradients) included."""
+    found = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            found.append((eqn.invars[0].aval, eqn.invars[1].aval,
+                          eqn.params))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else [param]:
+                sub = getattr(sub, "jaxpr", sub)
+                if hasattr(sub, "eqns"):
+                    found += products_of(sub)
+    return found
+
+
+def product_flops(lhs, rhs, dimension_numbers):
+    """2 x (every lhs element) x (rhs's free axes)."""
+    (_, rhs_contract), (_, rhs_batch) = dimension_numbers
+    rhs_free = [n for axis, n in enumerate(rhs.shape)
+                if axis not in rhs_contract and axis not in rhs_batch]
+    return 2 * math.prod(lhs.shape) * math.prod(rhs_free)
+
+
+def time_products(products, repeats):
+    """Seconds and FLOPs of all `products` (each distinct one timed once),
+    and a row per distinct product, slowest total first."""
+    import jax
+    import numpy as np
+
+    distinct = collections.OrderedDict()
+    for lhs, rhs, params in products:
+        key = (lhs.shape, str(lhs.dtype), rhs.shape, str(rhs.dtype),
+               repr(params["dimension_numbers"]),
+               str(params.get("preferred_element_type")))
+        distinct.setdefault(key, [lhs, rhs, params, 0])[3] += 1
+    rng = np.random.default_rng(0)
+    total_s, total_flops, rows = 0.0, 0, []
+    for lhs, rhs, params, count in distinct.values():
+        a = jax.numpy.asarray(rng.normal(size=lhs.shape), lhs.dtype)
+        b = jax.numpy.asarray(rng.normal(size=rhs.shape), rhs.dtype)
+        f = jax.jit(lambda x, y, p=params: jax.lax.dot_general(
+            x, y, p["dimension_numbers"],
+            preferred_element_type=p.get("preferred_element_type")))
+        seconds = median_time(lambda: f(a, b).block_until_ready(), repeats)
+        flops = product_flops(lhs, rhs, params["dimension_numbers"])
+        total_s += count * seconds
+        total_flops += count * flops
+        rows.append(dict(lhs=list(lhs.shape), rhs=list(rhs.shape),
+                         dtype=str(lhs.dtype), count=count,
+                         ms=seconds * 1e3, gflops=flops / seconds / 1e9))
+    rows.sort(key=lambda r: -r["count"] * r["ms"])
+    return total_s, total_flops, rows
+
+
+def matmul_limit(repeats, n=2048):
+    import jax
+    import numpy as np
+
+    a = jax.numpy.asarray(np.random.default_rng(0).normal(size=(n, n)),
+                          "float32")
+    f = jax.jit(lambda x: x @ x)
+    seconds = median_time(lambda: f(a).block_until_ready(), repeats)
+    return 2 * n**3 / seconds / 1e9
+
+
+def breakdown(name, batch, repeats, directory):
+    import jax
+    import torch
+
+    from throughput.keras_runner import load_keras_model
+    from throughput.transformers_runner import write_checkpoint
+    from throughput.workloads import WORKLOADS
+    from throughput.workloads import keras_inputs
+
+    spec = WORKLOADS[name]
+    checkpoint = os.path.join(directory, name)
+    write_checkpoint(spec, checkpoint, torch)
+    model, _ = load_keras_model(spec, checkpoint)
+    x = keras_inputs(spec, batch)
+    call_s = median_time(lambda: model.predict_on_batch(x), repeats)
+
+    weights = [v.value for v in model.trainable_variables]
+    others = [v.value for v in model.non_trainable_variables]
+    jaxpr = jax.make_jaxpr(
+        lambda w, o, inputs: model.stateless_call(w, o, inputs)[0]
+    )(weights, others, x)
+    products = products_of(jaxpr.jaxpr)
+    product_s, flops, rows = time_products(products, repeats)
+    return dict(
+        workload=name, batch=batch, call_ms=call_s * 1e3,
+        products=len(products), product_ms=product_s * 1e3,
+        product_share=product_s / call_s, product_gflops=flops / product_s / 1e9,
+        call_gflops=flops / call_s / 1e9, slowest_products=rows[:8],
+        load=os.getloadavg()[0],
+    )
+
+
+def table(limit, records):
+    lines = [
+        "# Where a JAX inference call's time goes",
+        "",
+        f"`benchmarks/jax_time_breakdown.py`; float32; `jax.jit` float32 "
+        f"2048² matmul: {limit:.0f} GFLOP/s (the limit). *Products*: every "
+        "`dot_general` of the model's jaxpr timed alone on operands of its "
+        "shapes; *rest*: the call minus the products.",
+        "",
+        "| workload | batch | call (ms) | products | product time (ms) | share "
+        "of the call | products' rate (GFLOP/s) | call's rate (GFLOP/s) | "
+        "call's % of limit | rest (ms) | load |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in records:
+        lines.append(
+            f"| {r['workload']} | {r['batch']} | {r['call_ms']:.0f} | "
+            f"{r['products']} | {r['product_ms']:.0f} | "
+            f"{100 * r['product_share']:.0f} % | {r['product_gflops']:.0f} | "
+            f"{r['call_gflops']:.0f} | {100 * r['call_gflops'] / limit:.0f} % "
+            f"| {r['call_ms'] - r['product_ms']:.0f} | {r['load']:.1f} |")
+    lines += ["", "Slowest products (count x time):", ""]
+    for r in records:
+        lines.append(f"- {r['workload']} batch {r['batch']}: " + "; ".join(
+            f"{p['count']} x {p['lhs']}·{p['rhs']} {p['ms']:.2f} ms "
+            f"({p['gflops']:.0f} GFLOP/s)" for p in r["slowest_products"][:4]))
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workloads", nargs="+",
+                        default=["vision-fourier", "language-mlm"])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    import keras
+
+    if keras.backend.backend() != "jax":
+        sys.exit("run with KERAS_BACKEND=jax")
+    limit = matmul_limit(args.repeats)
+    records = []
+    with tempfile.TemporaryDirectory() as directory:
+        for name in args.workloads:
+            record = breakdown(name, 1, args.repeats, directory)
+            print(json.dumps(dict(record, limit_gflops=limit)), flush=True)
+            records.append(record)
+    if not args.no_write:
+        with open(os.path.join(RESULTS, "jax_time_breakdown.json"), "w") as f:
+            json.dump(dict(limit_gflops=limit, records=records), f, indent=1)
+        with open(os.path.join(RESULTS, "jax_time_breakdown.md"), "w") as f:
+            f.write(table(limit, records))
+
+
+if __name__ == "__main__":
+    main()
