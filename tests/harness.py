@@ -318,9 +318,10 @@ class PassThroughPreprocessor(keras_hub.models.Preprocessor):
         return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
 
 
-def load_script(name):
-    """`conversion/<name>.py` as a module (scripts are not a package)."""
-    path = Path(__file__).resolve().parents[1] / "conversion" / f"{name}.py"
+def load_script(name, folder="conversion"):
+    """`<folder>/<name>.py` as a module (scripts and examples are not a
+    package)."""
+    path = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
     module = importlib.util.module_from_spec(
         importlib.util.spec_from_file_location(name, path))
     module.__spec__.loader.exec_module(module)

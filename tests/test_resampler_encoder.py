@@ -1,9 +1,6 @@
 """`PerceiverResamplerBackbone` / `PerceiverResamplerEncoder`: training,
 presets, configs and input checks."""
 
-import importlib.util
-from pathlib import Path
-
 import keras
 import numpy as np
 import pytest
@@ -11,18 +8,13 @@ from keras_hub.src.tests.test_case import TestCase
 
 from conftest import assert_close
 from conftest import to_numpy
+from harness import load_script
 from perceiver_keras import PerceiverResamplerBackbone
 from perceiver_keras import PerceiverResamplerEncoder
 
-EXAMPLE = (Path(__file__).resolve().parents[1] / "examples"
-           / "resampler_set_pooling.py")
-
 
 def example_module():
-    spec = importlib.util.spec_from_file_location("set_pooling", EXAMPLE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("resampler_set_pooling", folder="examples")
 
 
 def small_backbone(**overrides):
