@@ -1,7 +1,8 @@
-"""Where a JAX inference call's time goes: matrix products against the rest.
+"""Where a JAX call's time goes: matrix products against the rest.
 
     KERAS_BACKEND=jax python benchmarks/jax_time_breakdown.py              # ~3 min
     KERAS_BACKEND=jax python benchmarks/jax_time_breakdown.py --workloads language-mlm
+    KERAS_BACKEND=jax python benchmarks/jax_time_breakdown.py --workloads --fit text
 
 For a workload of `compare_transformers.py` (the same transformers
 checkpoint, loaded with `PerceiverTask.from_preset`), it times the compiled
@@ -14,6 +15,13 @@ GELU, Fourier features, copies) is what `% of limit` loses beyond the
 products' own rate. The limit is a float32 n x n `jax.jit` matmul, as in
 `compare_transformers.py`. Prints one JSON line per workload; writes
 `results/jax_time_breakdown.{md,json}` unless `--no-write`.
+
+`--fit KIND...` does the same for the `fit-steps` workload's training step
+(`PerceiverClassifier` on `recommended_config(kind)`, batch 32): the median
+`fit` step, the median call of Keras' compiled train function alone (the
+same `jax.jit` step on device arrays, state fed back: what `fit` adds on
+top is its Python loop, data slicing and callbacks), and the products of
+`train_step`'s jaxpr (forward, backward and optimizer).
 """
 
 import argparse
@@ -139,9 +147,52 @@ def breakdown(name, batch, repeats, directory):
     )
 
 
+def fit_breakdown(kind, repeats, batch_size=32, steps=12):
+    import jax
+    import keras
+
+    from throughput.keras_runner import measure_fit
+    from throughput.keras_runner import FIT_CLASSES
+    from throughput.keras_runner import FIT_SHAPES
+    from throughput.keras_runner import fit_data
+    from perceiver_keras import PerceiverBackbone
+    from perceiver_keras import PerceiverClassifier
+    from perceiver_keras import recommended_config
+
+    fit_s = measure_fit(keras, kind, steps, batch_size)["median_s"]
+    keras.utils.set_random_seed(0)
+    model = PerceiverClassifier(PerceiverBackbone(
+        **recommended_config(kind, FIT_SHAPES[kind])), FIT_CLASSES)
+    model.compile()
+    x, y = fit_data(kind, batch_size)
+    model.train_on_batch(x, y)  # builds and compiles the train function
+    batch = (jax.numpy.asarray(x), jax.numpy.asarray(y))
+    state = model._get_jax_state(
+        trainable_variables=True, non_trainable_variables=True,
+        optimizer_variables=True, metrics_variables=True)
+    jaxpr = jax.make_jaxpr(model.train_step)(state, batch)
+
+    def step():  # the state is donated: feed back what the step returns
+        nonlocal state
+        logs, state = model.train_function(state, iter([batch]))
+        jax.block_until_ready(logs)
+
+    step_s = median_time(step, repeats)
+    products = products_of(jaxpr.jaxpr)
+    product_s, flops, rows = time_products(products, repeats)
+    return dict(
+        workload=f"fit {kind}", batch=batch_size, fit_step_ms=fit_s * 1e3,
+        call_ms=step_s * 1e3, products=len(products),
+        product_ms=product_s * 1e3, product_share=product_s / step_s,
+        product_gflops=flops / product_s / 1e9,
+        call_gflops=flops / step_s / 1e9, slowest_products=rows[:8],
+        load=os.getloadavg()[0],
+    )
+
+
 def table(limit, records):
     lines = [
-        "# Where a JAX inference call's time goes",
+        "# Where a JAX call's time goes",
         "",
         f"`benchmarks/jax_time_breakdown.py`; float32; `jax.jit` float32 "
         f"2048² matmul: {limit:.0f} GFLOP/s (the limit). *Products*: every "
@@ -160,18 +211,39 @@ def table(limit, records):
             f"{100 * r['product_share']:.0f} % | {r['product_gflops']:.0f} | "
             f"{r['call_gflops']:.0f} | {100 * r['call_gflops'] / limit:.0f} % "
             f"| {r['call_ms'] - r['product_ms']:.0f} | {r['load']:.1f} |")
+    fits = [r for r in records if "fit_step_ms" in r]
+    if fits:
+        lines += [
+            "", "Training steps (`--fit`): *call* is Keras' compiled train "
+            "function alone; *fit step* the median step of `fit` (its loop, "
+            "data slicing and callbacks on top).", "",
+            "| workload | batch | fit step (ms) | compiled step (ms) | "
+            "products | product time (ms) | share of the compiled step | "
+            "rest of the compiled step (ms) | fit's own (ms) | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in fits:
+            lines.append(
+                f"| {r['workload']} | {r['batch']} | {r['fit_step_ms']:.1f} "
+                f"| {r['call_ms']:.1f} | {r['products']} | "
+                f"{r['product_ms']:.1f} | {100 * r['product_share']:.0f} % | "
+                f"{r['call_ms'] - r['product_ms']:.1f} | "
+                f"{r['fit_step_ms'] - r['call_ms']:.1f} | {r['load']:.1f} |")
     lines += ["", "Slowest products (count x time):", ""]
     for r in records:
         lines.append(f"- {r['workload']} batch {r['batch']}: " + "; ".join(
-            f"{p['count']} x {p['lhs']}·{p['rhs']} {p['ms']:.2f} ms "
+            f"{p['count']} x {p['lhs']}·{p['rhs']} {p['ms']:.3f} ms "
             f"({p['gflops']:.0f} GFLOP/s)" for p in r["slowest_products"][:4]))
     return "\n".join(lines) + "\n"
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--workloads", nargs="+",
+    parser.add_argument("--workloads", nargs="*",
                         default=["vision-fourier", "language-mlm"])
+    parser.add_argument("--fit", nargs="*", default=[],
+                        help="recommended_config kinds whose fit step to "
+                             "break down")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -186,6 +258,10 @@ def main():
             record = breakdown(name, 1, args.repeats, directory)
             print(json.dumps(dict(record, limit_gflops=limit)), flush=True)
             records.append(record)
+    for kind in args.fit:
+        record = fit_breakdown(kind, args.repeats)
+        print(json.dumps(dict(record, limit_gflops=limit)), flush=True)
+        records.append(record)
     if not args.no_write:
         with open(os.path.join(RESULTS, "jax_time_breakdown.json"), "w") as f:
             json.dump(dict(limit_gflops=limit, records=records), f, indent=1)
