@@ -190,21 +190,43 @@ def fit_breakdown(kind, repeats, batch_size=32, steps=12):
     )
 
 
+def cpu_description():
+    """The CPU's model name and its bfloat16 matrix instructions, if any."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "unknown CPU"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines()
+                 if line.startswith("model name")), "unknown CPU")
+    flags = set(info.split())
+    bf16 = [f for f in ("avx512_bf16", "amx_bf16") if f in flags]
+    return (f"{name}, {os.cpu_count()} cores, bfloat16 instructions: "
+            f"{', '.join(bf16) or 'none'}")
+
+
 def table(limit, records):
     lines = [
         "# Where a JAX call's time goes",
+        "",
+        f"{time.strftime('%Y-%m-%d')}, {cpu_description()}, load "
+        f"{records[0]['load']:.1f} at the first row.",
         "",
         f"`benchmarks/jax_time_breakdown.py`; float32; `jax.jit` float32 "
         f"2048² matmul: {limit:.0f} GFLOP/s (the limit). *Products*: every "
         "`dot_general` of the model's jaxpr timed alone on operands of its "
         "shapes; *rest*: the call minus the products.",
-        "",
-        "| workload | batch | call (ms) | products | product time (ms) | share "
-        "of the call | products' rate (GFLOP/s) | call's rate (GFLOP/s) | "
-        "call's % of limit | rest (ms) | load |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in records:
+    calls = [r for r in records if "fit_step_ms" not in r]
+    if calls:
+        lines += [
+            "",
+            "| workload | batch | call (ms) | products | product time (ms) "
+            "| share of the call | products' rate (GFLOP/s) | call's rate "
+            "(GFLOP/s) | call's % of limit | rest (ms) | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+    for r in calls:
         lines.append(
             f"| {r['workload']} | {r['batch']} | {r['call_ms']:.0f} | "
             f"{r['products']} | {r['product_ms']:.0f} | "
@@ -219,8 +241,9 @@ def table(limit, records):
             "data slicing and callbacks on top).", "",
             "| workload | batch | fit step (ms) | compiled step (ms) | "
             "products | product time (ms) | share of the compiled step | "
-            "rest of the compiled step (ms) | fit's own (ms) | load |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "rest of the compiled step (ms) | fit's own (ms) | products' "
+            "rate (GFLOP/s) | load |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         for r in fits:
             lines.append(
@@ -228,7 +251,8 @@ def table(limit, records):
                 f"| {r['call_ms']:.1f} | {r['products']} | "
                 f"{r['product_ms']:.1f} | {100 * r['product_share']:.0f} % | "
                 f"{r['call_ms'] - r['product_ms']:.1f} | "
-                f"{r['fit_step_ms'] - r['call_ms']:.1f} | {r['load']:.1f} |")
+                f"{r['fit_step_ms'] - r['call_ms']:.1f} | "
+                f"{r['product_gflops']:.0f} | {r['load']:.1f} |")
     lines += ["", "Slowest products (count x time):", ""]
     for r in records:
         lines.append(f"- {r['workload']} batch {r['batch']}: " + "; ".join(
