@@ -74,8 +74,8 @@ def small_hip(seed=0):
 
 def warmup_cosine(peak, steps):
     """AdamW at `peak` after a 10% linear warm-up, cosine decay to 0: at a
-    constant 1e-3 this HiP underfits (0.95 training accuracy after 15
-    epochs); weight decay trims the overfitting that follows."""
+    constant 1e-3 the raw-pixel HiP underfit (0.95 training accuracy after
+    15 epochs); weight decay trims the overfitting that follows."""
     return keras.optimizers.AdamW(keras.optimizers.schedules.CosineDecay(
         0.0, steps, warmup_target=peak, warmup_steps=steps // 10,
     ), weight_decay=WEIGHT_DECAY)
