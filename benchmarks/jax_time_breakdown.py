@@ -205,12 +205,11 @@ def cpu_description():
             f"{', '.join(bf16) or 'none'}")
 
 
-def table(limit, records):
+def table(limit, records, machine):
     lines = [
         "# Where a JAX call's time goes",
         "",
-        f"{time.strftime('%Y-%m-%d')}, {cpu_description()}, load "
-        f"{records[0]['load']:.1f} at the first row.",
+        f"{machine}, load {records[0]['load']:.1f} at the first row.",
         "",
         f"`benchmarks/jax_time_breakdown.py`; float32; `jax.jit` float32 "
         f"2048² matmul: {limit:.0f} GFLOP/s (the limit). *Products*: every "
@@ -236,9 +235,9 @@ def table(limit, records):
     fits = [r for r in records if "fit_step_ms" in r]
     if fits:
         lines += [
-            "", "Training steps (`--fit`): *call* is Keras' compiled train "
-            "function alone; *fit step* the median step of `fit` (its loop, "
-            "data slicing and callbacks on top).", "",
+            "", "Training steps (`--fit`): *compiled step* is Keras' "
+            "compiled train function alone; *fit step* the median step of "
+            "`fit` (its loop, data slicing and callbacks on top).", "",
             "| workload | batch | fit step (ms) | compiled step (ms) | "
             "products | product time (ms) | share of the compiled step | "
             "rest of the compiled step (ms) | fit's own (ms) | products' "
@@ -287,10 +286,12 @@ def main():
         print(json.dumps(dict(record, limit_gflops=limit)), flush=True)
         records.append(record)
     if not args.no_write:
+        machine = f"{time.strftime('%Y-%m-%d')}, {cpu_description()}"
         with open(os.path.join(RESULTS, "jax_time_breakdown.json"), "w") as f:
-            json.dump(dict(limit_gflops=limit, records=records), f, indent=1)
+            json.dump(dict(machine=machine, limit_gflops=limit,
+                           records=records), f, indent=1)
         with open(os.path.join(RESULTS, "jax_time_breakdown.md"), "w") as f:
-            f.write(table(limit, records))
+            f.write(table(limit, records, machine))
 
 
 if __name__ == "__main__":
