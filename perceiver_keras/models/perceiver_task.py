@@ -205,6 +205,29 @@ class PerceiverTask(ConfigArgumentsMixin, ExportMixin, ValidatedInputsMixin,
             if locked:
                 tracker.lock()
 
+    def make_train_function(self, force=False):
+        # Keras' TensorFlow trainer, without a distribution strategy, builds
+        # the optimizer inside the first traced train step, and
+        # `tf.function` traces a function that creates variables twice.
+        # Built here first, the step is traced once (a small classifier's
+        # first `fit` step: 15.6 s -> about half; every train function).
+        if (keras.config.backend() == "tensorflow"
+                and self.optimizer is not None and not self.optimizer.built
+                and getattr(self, "_distribute_strategy", None) is None
+                and self._model_layers_built()):
+            self.optimizer.build(self.trainable_variables)
+        return super().make_train_function(force)
+
+    def _model_layers_built(self):
+        """Every layer built, the preprocessor's aside (keras-hub's
+        tokenizers and packers stay unbuilt and hold no weights)."""
+        preprocessing = set()
+        if self.preprocessor is not None:
+            preprocessing = {id(layer) for layer in
+                             self.preprocessor._flatten_layers()}
+        return all(layer.built for layer in self._flatten_layers()
+                   if id(layer) not in preprocessing)
+
     def quantize(self, mode, **kwargs):
         # keras-hub's preprocessing layers hold no weights but stay unbuilt
         # until called, and Keras refuses to quantize a model with an
