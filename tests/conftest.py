@@ -30,6 +30,33 @@ def seeded():
     yield
 
 
+# XLA_FLAGS above trade run time for compile time: at level 0 a `text`
+# classifier's JAX train step runs 94 ms instead of 30 (2026-12-07).
+FULLY_OPTIMISED = {"xla_backend_optimization_level": 2,
+                   "xla_llvm_disable_expensive_passes": False}
+
+
+@pytest.fixture
+def optimised_jit(monkeypatch):
+    """For tests that run hundreds of training steps: on JAX, the functions
+    Keras jit-compiles get XLA's full optimisation back (eager ops keep the
+    fast-compiling flags)."""
+    if keras.config.backend() != "jax":
+        return
+    # Keras' JAX trainer binds `jax.jit` as its module's `jit` at import.
+    from keras.src.backend.jax import trainer
+
+    jit = trainer.jit
+
+    def optimised(fun=None, **kwargs):
+        kwargs.setdefault("compiler_options", FULLY_OPTIMISED)
+        if fun is None:  # used as `@partial(jax.jit, ...)`-style factory
+            return lambda f: jit(f, **kwargs)
+        return jit(fun, **kwargs)
+
+    monkeypatch.setattr(trainer, "jit", optimised)
+
+
 def to_numpy(x):
     return keras.ops.convert_to_numpy(x)
 

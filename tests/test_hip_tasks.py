@@ -127,7 +127,7 @@ def test_classifier_fit_lowers_the_loss():
     assert after["accuracy"] > 0.6  # chance: 1/3
 
 
-def test_digits_example_beats_logistic_regression():
+def test_digits_example_beats_logistic_regression(optimised_jit):
     # examples/hip_digits.py's recipe from scratch (20 epochs, one to three
     # minutes); seed 0 as the README table (0.989-0.997 on the three
     # backends). Seeds 1-3 on JAX: 0.986-0.989; logistic regression 0.981.

@@ -104,7 +104,7 @@ def baseline_accuracy(features, x_train, y_train, x_test, y_test):
 
 
 @pytest.mark.parametrize("kind", ASSERTED)
-def test_recommended_config_reaches_the_baseline(kind):
+def test_recommended_config_reaches_the_baseline(kind, optimised_jit):
     accuracy, baseline = measure(kind)
     assert accuracy >= baseline - MARGIN, (kind, accuracy, baseline)
 
