@@ -209,8 +209,8 @@ class PerceiverTask(ConfigArgumentsMixin, ExportMixin, ValidatedInputsMixin,
         # Keras' TensorFlow trainer, without a distribution strategy, builds
         # the optimizer inside the first traced train step, and
         # `tf.function` traces a function that creates variables twice.
-        # Built here first, the step is traced once (a small classifier's
-        # first `fit` step: 15.6 s -> about half; every train function).
+        # Built here first, the step is traced once (the recommended `text`
+        # classifier's first `fit` step: 13.6 s -> 9.7 s on 2 cores).
         if (keras.config.backend() == "tensorflow"
                 and self.optimizer is not None and not self.optimizer.built
                 and getattr(self, "_distribute_strategy", None) is None
