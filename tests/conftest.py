@@ -48,10 +48,8 @@ def optimised_jit(monkeypatch):
 
     jit = trainer.jit
 
-    def optimised(fun=None, **kwargs):
+    def optimised(fun, **kwargs):
         kwargs.setdefault("compiler_options", FULLY_OPTIMISED)
-        if fun is None:  # used as `@partial(jax.jit, ...)`-style factory
-            return lambda f: jit(f, **kwargs)
         return jit(fun, **kwargs)
 
     monkeypatch.setattr(trainer, "jit", optimised)
