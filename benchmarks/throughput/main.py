@@ -90,10 +90,12 @@ def main(argv=None):
                               or "bfloat16" in args.dtypes]
     workdir = tempfile.mkdtemp(prefix="compare_transformers-")
     try:
-        log("measuring the matmul rate (float32, bfloat16)")
+        dtypes = ["float32"] + [d for d in args.dtypes if d != "float32"]
+        log(f"measuring the matmul rate ({', '.join(dtypes)})")
         # n x n: repeats (4096 takes ~2 s per product on 2 cores).
         sizes = {1024: 5} if args.quick else {2048: 5, 4096: 3}
-        machine_job = dict(threads=args.threads, matmul_sizes=sizes)
+        machine_job = dict(threads=args.threads, matmul_sizes=sizes,
+                           dtypes=dtypes)
         machine, error, _ = run_child(
             dict(machine_job, role="machine", framework="machine"), workdir,
             args.timeout)
