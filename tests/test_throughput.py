@@ -480,3 +480,15 @@ def test_benchmark_matmul_table_reads_both_result_formats():
     assert "| float32 | numpy 64 | 3.0 |" in old
     assert report.limit_for({"float32": 1.0}, "bfloat16") == 1.0
     assert report.limit_for(3.0, "bfloat16") == 3.0
+
+
+def test_benchmark_matmul_limit_measures_the_requested_dtypes_only():
+    from throughput.machine import machine_child
+
+    job = dict(threads=1, matmul_sizes={"32": 1})
+    only32 = machine_child(dict(job, dtypes=["float32"]))
+    assert list(only32["matmul_gflops"]) == ["float32"]
+    assert list(only32["limit_gflops"]) == ["float32"]
+    assert "torch 32" in only32["matmul_gflops"]["float32"]
+    both = machine_child(dict(job, dtypes=["float32", "bfloat16"]))
+    assert sorted(both["limit_gflops"]) == ["bfloat16", "float32"]
