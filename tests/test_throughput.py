@@ -6,6 +6,10 @@ and by what runs, never by timings.
   with an unbuilt layer on every `train_on_batch`, and JAX runs it eagerly
   before each `predict_on_batch`. TensorFlow traces the first train step
   once (it was twice). Counting the backbone's `call`s shows it.
+- `PerceiverLayerNormalization` (straight to torch's `layer_norm` when
+  called eagerly on torch) computes what Keras' LayerNormalization does,
+  and Keras' own path takes whatever it would convert; a Dropout of rate 0
+  is skipped, one above 0 still drops.
 - `PerceiverDense` (2-D view of `[B, N, C]`) computes what Keras' Dense does;
   on JAX with bfloat16 it asks XLA for float32 accumulation, and so do the
   backward pass's products (bfloat16 operands there too).
@@ -23,7 +27,9 @@ from perceiver_keras import PerceiverBackbone
 from perceiver_keras import PerceiverClassifier
 from perceiver_keras import PerceiverTask
 from perceiver_keras import recommended_config
+from perceiver_keras.layers.blocks import PerceiverSelfAttentionBlock
 from perceiver_keras.layers.dense import PerceiverDense
+from perceiver_keras.layers.normalization import PerceiverLayerNormalization
 from perceiver_keras.layers.position_encoding import FourierPositionEncoding
 
 BACKEND = keras.backend.backend()
@@ -163,6 +169,67 @@ def dense_pair(**kwargs):
     theirs.build(x.shape)
     theirs.set_weights(ours.get_weights())
     return x, ours, theirs
+
+
+@pytest.mark.parametrize("policy, input_dtype, direct", [
+    ("float32", "float32", True),
+    ("bfloat16", "bfloat16", True),
+    ("mixed_bfloat16", "bfloat16", True),
+    ("mixed_bfloat16", "float32", False),  # Keras casts the input first
+])
+def test_layer_norm_matches_keras_layer_norm(policy, input_dtype, direct,
+                                             monkeypatch):
+    rng = np.random.default_rng(0)
+    ours = PerceiverLayerNormalization(epsilon=1e-5, dtype=policy)
+    reference = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
+    for layer in (ours, reference):
+        layer.build((None, 5, 8))
+        layer.gamma.assign(1 + rng.normal(size=8) * 0.1)
+        layer.beta.assign(rng.normal(size=8) * 0.1)
+        rng = np.random.default_rng(0)  # the same weights in both
+    keras_calls = []
+    keras_call = keras.layers.LayerNormalization.__call__
+
+    def counted(self, *args, **kwargs):
+        if self is ours:
+            keras_calls.append(1)
+        return keras_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.LayerNormalization, "__call__", counted)
+    x = keras.ops.cast(rng.normal(size=(2, 5, 8)) * 3 + 1, input_dtype)
+    out, expected = ours(x), reference(x)
+    assert keras.backend.standardize_dtype(out.dtype) == \
+        keras.backend.standardize_dtype(expected.dtype)
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(keras.ops.cast(out, "float32")),
+        keras.ops.convert_to_numpy(keras.ops.cast(expected, "float32")))
+    taken = len(keras_calls) == 0
+    assert taken == (direct and BACKEND == "torch")
+    if BACKEND == "torch":  # the direct path's gradients
+        import torch
+
+        grads = []
+        for layer in (ours, reference):
+            xt = x.detach().clone().requires_grad_(True)
+            y = layer(xt).float()
+            weights = [layer.gamma.value, layer.beta.value]
+            grads.append(torch.autograd.grad((y * y).sum(), [xt] + weights))
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_blocks_skip_dropout_at_rate_zero_only():
+    x = np.random.default_rng(0).normal(size=(4, 6, 8)).astype("float32")
+    dropped = PerceiverSelfAttentionBlock(num_heads=2, dropout=0.5)
+    kept = PerceiverSelfAttentionBlock(num_heads=2)
+    dropped.build(x.shape)
+    kept.build(x.shape)
+    kept.set_weights(dropped.get_weights())
+    evaluated = keras.ops.convert_to_numpy(dropped(x, training=False))
+    np.testing.assert_array_equal(
+        keras.ops.convert_to_numpy(kept(x, training=True)), evaluated)
+    trained = keras.ops.convert_to_numpy(dropped(x, training=True))
+    assert np.abs(trained - evaluated).max() > 0.1
 
 
 def test_dense_on_a_2d_view_matches_keras_dense():

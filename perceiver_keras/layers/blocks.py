@@ -16,6 +16,7 @@ from perceiver_keras.layers.attention import attention_weights_spec
 from perceiver_keras.layers.chunked_attention import validate_implementation
 from perceiver_keras.layers.dense import PerceiverDense
 from perceiver_keras.layers.utils import ConfigArgumentsMixin
+from perceiver_keras.layers.utils import apply_dropout
 from perceiver_keras.layers.utils import clone_initializer
 from perceiver_keras.layers.utils import gelu
 from perceiver_keras.layers.utils import layer_norm
@@ -144,7 +145,7 @@ class _Block(ConfigArgumentsMixin, keras.layers.Layer):
 
     def _add_mlp(self, x, training):
         mlp_out = self.mlp(self.mlp_norm(x))
-        return x + self.dropout_layer(mlp_out, training=training)
+        return x + apply_dropout(self.dropout_layer, mlp_out, training)
 
     def _maybe_remat(self, forward, *tensors, chunked=False):
         """`forward(*tensors)`, rematerialised when `remat` (not when
@@ -208,7 +209,7 @@ class PerceiverCrossAttentionBlock(_Block):
             )
             if return_attention:
                 attended, weights = attended
-            attended = self.dropout_layer(attended, training=training)
+            attended = apply_dropout(self.dropout_layer, attended, training)
             x = query + attended if self.use_query_residual else attended
             x = self._add_mlp(x, training)
             return (x, weights) if return_attention else x
@@ -265,7 +266,7 @@ class PerceiverSelfAttentionBlock(_Block):
             )
             if return_attention:
                 attended, weights = attended
-            x = x + self.dropout_layer(attended, training=training)
+            x = x + apply_dropout(self.dropout_layer, attended, training)
             x = self._add_mlp(x, training)
             return (x, weights) if return_attention else x
 

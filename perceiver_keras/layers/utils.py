@@ -4,6 +4,8 @@ import numbers
 
 import keras
 
+from perceiver_keras.layers.normalization import PerceiverLayerNormalization
+
 
 def clone_initializer(initializer):
     """A fresh copy, so sub-layers never share one seeded initializer."""
@@ -13,7 +15,16 @@ def clone_initializer(initializer):
 
 def layer_norm(name, dtype):
     """LayerNorm with the Perceiver's epsilon (Keras' default is 1e-3)."""
-    return keras.layers.LayerNormalization(epsilon=1e-5, dtype=dtype, name=name)
+    return PerceiverLayerNormalization(epsilon=1e-5, dtype=dtype, name=name)
+
+
+def apply_dropout(layer, x, training):
+    """`layer(x, training=training)` for a `keras.layers.Dropout`, skipped
+    at rate 0, where it returns `x`: a layer call costs about 0.1 ms on
+    eager torch, and the default configs call several per block."""
+    if layer.rate == 0:
+        return x
+    return layer(x, training=training)
 
 
 def gelu(approximate):

@@ -20,6 +20,7 @@ from keras import ops
 
 from perceiver_keras.layers.attention import PerceiverAttention
 from perceiver_keras.layers.dense import PerceiverDense
+from perceiver_keras.layers.utils import apply_dropout
 from perceiver_keras.layers.utils import layer_norm
 from perceiver_keras.models.attention_maps import call_recording
 from perceiver_keras.models.attention_maps import then
@@ -313,7 +314,7 @@ class HiPMLP(keras.layers.Layer):
 
     def call(self, x, training=None):
         x = self.output_dense(squared_relu(self.hidden_dense(x)))
-        return self.dropout_layer(x, training=training)
+        return apply_dropout(self.dropout_layer, x, training)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -505,7 +506,7 @@ class HiPSelfAttention(_AttentionOptions):
             )
 
         def finish(a, x=x):
-            x = x + branch(self.dropout_layer(a, training=training))
+            x = x + branch(apply_dropout(self.dropout_layer, a, training))
             y = self.mlp(self.mlp_norm(_fold(x)), training=training)
             return x + branch(y)
 

@@ -1,0 +1,51 @@
+"""`keras.layers.LayerNormalization` with a direct path on eager torch.
+
+Keras' `Layer.__call__` (argument binding, tree walks, scopes, tracking)
+and `ops.layer_normalization`'s conversions cost about 0.18 ms per call on
+eager torch, four times torch's own `layer_norm` on a small latent array,
+and a Perceiver calls a LayerNorm three or four times per block (see
+benchmarks/README.md, small-model `fit`). A built layer called eagerly on
+torch with nothing for Keras to convert goes straight to `F.layer_norm`,
+as Keras' own torch path does; every other call is Keras' own.
+"""
+
+import keras
+
+from perceiver_keras.layers.dense import eager_torch_tensor
+
+
+@keras.saving.register_keras_serializable(package="perceiver_keras")
+class PerceiverLayerNormalization(keras.layers.LayerNormalization):
+    """`keras.layers.LayerNormalization` (same arguments, weights and
+    numbers) with the direct eager-torch path described above."""
+
+    def __call__(self, inputs, *args, **kwargs):
+        if (self.built and not args and not kwargs
+                and eager_torch_tensor(inputs) and self._direct(inputs)):
+            return self._torch_call(inputs)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def _direct(self, inputs):
+        # What Keras would change first: inputs cast to the compute dtype
+        # (autocast), a mask carried along; the deprecated rms_scaling and
+        # a layer without both weights keep Keras' path.
+        axis = self.axis[0] if isinstance(self.axis, list) else self.axis
+        return (
+            str(inputs.dtype) == f"torch.{self.compute_dtype}"
+            and getattr(inputs, "_keras_mask", None) is None
+            and axis in (-1, inputs.ndim - 1)
+            and (not isinstance(self.axis, list) or len(self.axis) == 1)
+            and self.center and self.scale and not self.rms_scaling
+        )
+
+    def _torch_call(self, x):
+        import torch
+        import torch.nn.functional as F
+
+        # As `ops.layer_normalization`: at least float32, then back.
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        out = F.layer_norm(
+            x.to(dtype), (x.shape[-1],), self.gamma.value.to(dtype),
+            self.beta.value.to(dtype), self.epsilon,
+        )
+        return out.to(x.dtype)
