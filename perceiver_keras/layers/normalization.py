@@ -2,7 +2,7 @@
 
 Keras' `Layer.__call__` (argument binding, tree walks, scopes, tracking)
 and `ops.layer_normalization`'s conversions cost about 0.18 ms per call on
-eager torch, four times torch's own `layer_norm` on a small latent array,
+eager torch, five times torch's own `layer_norm` on a small latent array,
 and a Perceiver calls a LayerNorm three or four times per block (see
 benchmarks/README.md, small-model `fit`). A built layer called eagerly on
 torch with nothing for Keras to convert goes straight to `F.layer_norm`,
