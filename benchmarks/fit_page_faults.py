@@ -49,19 +49,12 @@ def child(kinds, steps):
     """One JSON line per kind: ms per `fit` step and minor faults per step."""
     import keras
 
-    from perceiver_keras import PerceiverBackbone
-    from perceiver_keras import PerceiverClassifier
-    from perceiver_keras import recommended_config
-    from throughput.keras_runner import FIT_CLASSES
-    from throughput.keras_runner import FIT_SHAPES
     from throughput.keras_runner import fit_data
+    from throughput.keras_runner import fit_model
+    from throughput.keras_runner import step_intervals
 
     for kind in kinds:
-        keras.utils.set_random_seed(0)
-        model = PerceiverClassifier(
-            PerceiverBackbone(**recommended_config(kind, FIT_SHAPES[kind])),
-            FIT_CLASSES)
-        model.compile()
+        _, model = fit_model(keras, kind)
         x, y = fit_data(kind, steps * BATCH)
         model.fit(x[:2 * BATCH], y[:2 * BATCH], batch_size=BATCH, verbose=0)
         ends, faults = [], []
@@ -74,9 +67,9 @@ def child(kinds, steps):
         model.fit(x, y, batch_size=BATCH, verbose=0, callbacks=[Steps()])
         # Between the first and the last step's end: steps only, not the
         # epoch's set-up (TensorFlow builds its dataset there).
+        steps_s = step_intervals(ends[0], ends[1:])
         print(json.dumps(dict(
-            kind=kind, ms_per_step=1000 * statistics.median(
-                b - a for a, b in zip(ends, ends[1:])),
+            kind=kind, ms_per_step=1000 * statistics.median(steps_s),
             faults_per_step=(faults[-1] - faults[0]) / (steps - 1),
             load=os.getloadavg()[0])), flush=True)
 

@@ -151,19 +151,12 @@ def fit_breakdown(kind, repeats, batch_size=32, steps=12):
     import jax
     import keras
 
-    from throughput.keras_runner import measure_fit
-    from throughput.keras_runner import FIT_CLASSES
-    from throughput.keras_runner import FIT_SHAPES
     from throughput.keras_runner import fit_data
-    from perceiver_keras import PerceiverBackbone
-    from perceiver_keras import PerceiverClassifier
-    from perceiver_keras import recommended_config
+    from throughput.keras_runner import fit_model
+    from throughput.keras_runner import measure_fit
 
     fit_s = measure_fit(keras, kind, steps, batch_size)["median_s"]
-    keras.utils.set_random_seed(0)
-    model = PerceiverClassifier(PerceiverBackbone(
-        **recommended_config(kind, FIT_SHAPES[kind])), FIT_CLASSES)
-    model.compile()
+    _, model = fit_model(keras, kind)
     x, y = fit_data(kind, batch_size)
     model.train_on_batch(x, y)  # builds and compiles the train function
     batch = (jax.numpy.asarray(x), jax.numpy.asarray(y))

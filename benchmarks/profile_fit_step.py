@@ -26,17 +26,12 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def build(kind, batch_size):
-    from perceiver_keras import PerceiverBackbone
-    from perceiver_keras import PerceiverClassifier
-    from perceiver_keras import recommended_config
-    from throughput.keras_runner import FIT_CLASSES
-    from throughput.keras_runner import FIT_SHAPES
-    from throughput.keras_runner import fit_data
+    import keras
 
-    model = PerceiverClassifier(
-        PerceiverBackbone(**recommended_config(kind, FIT_SHAPES[kind])),
-        FIT_CLASSES)
-    model.compile()
+    from throughput.keras_runner import fit_data
+    from throughput.keras_runner import fit_model
+
+    _, model = fit_model(keras, kind)
     x, y = fit_data(kind, batch_size)
     return model, x, y
 

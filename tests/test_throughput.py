@@ -171,21 +171,24 @@ def dense_pair(**kwargs):
     return x, ours, theirs
 
 
-@pytest.mark.parametrize("policy, input_dtype, direct", [
-    ("float32", "float32", True),
-    ("bfloat16", "bfloat16", True),
-    ("mixed_bfloat16", "bfloat16", True),
-    ("mixed_bfloat16", "float32", False),  # Keras casts the input first
+@pytest.mark.parametrize("policy, input_dtype, options, direct", [
+    ("float32", "float32", {}, True),
+    ("bfloat16", "bfloat16", {}, True),
+    ("mixed_bfloat16", "bfloat16", {}, True),
+    ("mixed_bfloat16", "float32", {}, False),  # Keras casts the input first
+    ("float32", "float32", {"center": False}, False),  # no beta
 ])
-def test_layer_norm_matches_keras_layer_norm(policy, input_dtype, direct,
-                                             monkeypatch):
+def test_layer_norm_matches_keras_layer_norm(policy, input_dtype, options,
+                                             direct, monkeypatch):
     rng = np.random.default_rng(0)
-    ours = PerceiverLayerNormalization(epsilon=1e-5, dtype=policy)
-    reference = keras.layers.LayerNormalization(epsilon=1e-5, dtype=policy)
+    options = dict(options, epsilon=1e-5, dtype=policy)
+    ours = PerceiverLayerNormalization(**options)
+    reference = keras.layers.LayerNormalization(**options)
     for layer in (ours, reference):
         layer.build((None, 5, 8))
         layer.gamma.assign(1 + rng.normal(size=8) * 0.1)
-        layer.beta.assign(rng.normal(size=8) * 0.1)
+        if layer.beta is not None:
+            layer.beta.assign(rng.normal(size=8) * 0.1)
         rng = np.random.default_rng(0)  # the same weights in both
     keras_calls = []
     keras_call = keras.layers.LayerNormalization.__call__
@@ -212,10 +215,44 @@ def test_layer_norm_matches_keras_layer_norm(policy, input_dtype, direct,
         for layer in (ours, reference):
             xt = x.detach().clone().requires_grad_(True)
             y = layer(xt).float()
-            weights = [layer.gamma.value, layer.beta.value]
+            weights = [w.value for w in layer.trainable_weights]
             grads.append(torch.autograd.grad((y * y).sum(), [xt] + weights))
         for a, b in zip(*grads):
             torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_task_with_an_unbuilt_preprocessor_layer_traces_once(monkeypatch):
+    # Perceiver AR's tokenizer stays unbuilt through training (it holds no
+    # weights): the optimizer is still built before the first TensorFlow
+    # trace (see `assert_runs_once_per_step`).
+    if BACKEND != "tensorflow":
+        pytest.skip("the double trace is TensorFlow's")
+    from perceiver_keras.models.perceiver_ar import perceiver_ar_backbone
+    from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm import (
+        PerceiverARCausalLM,
+    )
+    from perceiver_keras.models.perceiver_ar.perceiver_ar_causal_lm_preprocessor import (  # noqa: E501
+        PerceiverARCausalLMPreprocessor,
+    )
+    from perceiver_keras.models.perceiver_ar.perceiver_ar_tokenizer import (
+        PerceiverARTokenizer,
+    )
+
+    backbone_class = perceiver_ar_backbone.PerceiverARBackbone
+    backbone = backbone_class(vocabulary_size=262, hidden_dim=8,
+                              num_layers=1, num_heads=2,
+                              max_sequence_length=12, max_latents=4)
+    lm = PerceiverARCausalLM(backbone, preprocessor=(
+        PerceiverARCausalLMPreprocessor(PerceiverARTokenizer(),
+                                        sequence_length=10, num_latents=4)))
+    lm.compile()
+    calls = []
+    original = backbone_class.call
+    monkeypatch.setattr(backbone_class, "call", lambda self, *args, **kw: (
+        calls.append(1), original(self, *args, **kw))[1])
+    lm.train_on_batch(["hello world, hello", "a"])
+    assert unbuilt_layers(lm.preprocessor)  # what had to be set aside
+    assert len(calls) == 1, "the first train_on_batch traced twice"
 
 
 def test_blocks_skip_dropout_at_rate_zero_only():

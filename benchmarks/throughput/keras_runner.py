@@ -261,22 +261,28 @@ def step_intervals(start, ends):
     return [b - a for a, b in zip(times, times[1:])]
 
 
-def measure_fit(keras, kind, steps, batch_size, dtype=None, seed=0):
-    """One epoch of `fit` of `steps` batches of a `PerceiverClassifier` on
-    `recommended_config(kind)`, default compile. Returns a row; raises
-    RetraceError if a step after the first ran the backbone's `call` on
-    JAX/TensorFlow."""
+def fit_model(keras, kind, dtype=None, seed=0):
+    """`(backbone, classifier)`: the fit-steps model, a `PerceiverClassifier`
+    on `recommended_config(kind)`, default `compile()`."""
     from perceiver_keras import PerceiverBackbone
     from perceiver_keras import PerceiverClassifier
     from perceiver_keras import recommended_config
 
     keras.utils.set_random_seed(seed)
-    backend = keras.backend.backend()
     overrides = {} if dtype is None else {"dtype": dtype}
     backbone = PerceiverBackbone(
         **recommended_config(kind, FIT_SHAPES[kind], **overrides))
     model = PerceiverClassifier(backbone, FIT_CLASSES, **overrides)
     model.compile()
+    return backbone, model
+
+
+def measure_fit(keras, kind, steps, batch_size, dtype=None, seed=0):
+    """One epoch of `fit` of `steps` batches of `fit_model(kind)`. Returns a
+    row; raises RetraceError if a step after the first ran the backbone's
+    `call` on JAX/TensorFlow."""
+    backend = keras.backend.backend()
+    backbone, model = fit_model(keras, kind, dtype, seed)
     x, y = fit_data(kind, steps * batch_size, seed)
     ends, runs_at = [], []
 

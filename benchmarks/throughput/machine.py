@@ -53,7 +53,7 @@ def machine_child(job):
     torch = configure_torch(job["threads"])
     # Only the dtypes the run compares: on a CPU without bfloat16
     # instructions the emulated bfloat16 products alone take minutes.
-    dtypes = [d for d in DTYPES if d in job.get("dtypes", DTYPES)]
+    dtypes = [d for d in DTYPES if d in job["dtypes"]]
     rates = {dtype: {} for dtype in dtypes}
     for n, repeats in job["matmul_sizes"].items():
         n = int(n)

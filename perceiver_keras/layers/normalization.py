@@ -19,24 +19,22 @@ class PerceiverLayerNormalization(keras.layers.LayerNormalization):
     """`keras.layers.LayerNormalization` (same arguments, weights and
     numbers) with the direct eager-torch path described above."""
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The direct path computes exactly this layer: last axis (given as
+        # -1, as `layer_norm()` builds it), both weights, no rms_scaling.
+        self._plain = (self.axis in (-1, [-1]) and self.center
+                       and self.scale and not self.rms_scaling)
+
     def __call__(self, inputs, *args, **kwargs):
-        if (self.built and not args and not kwargs
-                and eager_torch_tensor(inputs) and self._direct(inputs)):
+        # Keras' path whenever it would change something first: inputs
+        # cast to the compute dtype (autocast), a mask carried along.
+        if (self._plain and self.built and not args and not kwargs
+                and eager_torch_tensor(inputs)
+                and str(inputs.dtype) == f"torch.{self.compute_dtype}"
+                and getattr(inputs, "_keras_mask", None) is None):
             return self._torch_call(inputs)
         return super().__call__(inputs, *args, **kwargs)
-
-    def _direct(self, inputs):
-        # What Keras would change first: inputs cast to the compute dtype
-        # (autocast), a mask carried along; the deprecated rms_scaling and
-        # a layer without both weights keep Keras' path.
-        axis = self.axis[0] if isinstance(self.axis, list) else self.axis
-        return (
-            str(inputs.dtype) == f"torch.{self.compute_dtype}"
-            and getattr(inputs, "_keras_mask", None) is None
-            and axis in (-1, inputs.ndim - 1)
-            and (not isinstance(self.axis, list) or len(self.axis) == 1)
-            and self.center and self.scale and not self.rms_scaling
-        )
 
     def _torch_call(self, x):
         import torch
