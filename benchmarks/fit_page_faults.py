@@ -1,6 +1,6 @@
 """Small-model `fit` steps and the page faults they take, per allocator setting.
 
-    python benchmarks/fit_page_faults.py                     # ~5 minutes
+    python benchmarks/fit_page_faults.py                     # ~7 minutes
     python benchmarks/fit_page_faults.py --backends jax --kinds text
 
 The `fit-steps` workload of `compare_transformers.py` (`PerceiverClassifier`
@@ -9,8 +9,8 @@ process per backend and allocator setting (glibc reads its tunables when a
 process starts). Each child fits two steps (tracing, compilation), then
 one epoch of `--steps` steps: the median step (between the ends of
 consecutive steps, as `compare_transformers.py` times them) and the
-process's minor page faults per step (`getrusage`). A fault maps one fresh 4 KiB page, which the
-kernel zeroes first.
+process's minor page faults per step (`getrusage`). A fault maps one
+fresh 4 KiB page, which the kernel zeroes first.
 
 Why: XLA:CPU allocates a compiled step's temporary buffer (94.5 MB for the
 `text` classifier's train step) on every call and frees it after; glibc
@@ -36,7 +36,9 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-KINDS = ("image", "sequence", "point_set", "text")
+from throughput.keras_runner import FIT_SHAPES  # noqa: E402
+
+KINDS = tuple(FIT_SHAPES)
 BACKENDS = ("jax", "tensorflow", "torch")
 SETTINGS = {
     "glibc default": {},
